@@ -1,0 +1,247 @@
+"""The `jumpscope` command line (interface.md). Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from trainer.activations import ActivationSource
+    from trainer.evaluate import EvalResult
+
+app = typer.Typer(
+    name="jumpscope",
+    help="Train, evaluate, inspect and rate JumpReLU sparse autoencoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+class Arch(str, Enum):
+    jumprelu = "jumprelu"
+    relu = "relu"
+    topk = "topk"
+    gated = "gated"
+
+
+class ThresholdParam(str, Enum):
+    log = "log"
+    raw = "raw"
+
+
+class Recipe(str, Enum):
+    paper = "paper"
+    short = "short"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line error and return the exit to raise (code 2)."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.callback()
+def main(
+    log_level: Annotated[str, typer.Option(help="Logging level: debug, info, warning.")] = "warning",
+) -> None:
+    """jumpscope: JumpReLU sparse autoencoders on Gemma activations."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+def _synthetic_source(d_in: int, features: int, l0: float, seed: int) -> ActivationSource:
+    from trainer.activations import SyntheticSource, SyntheticSpec
+
+    return SyntheticSource(SyntheticSpec(d_in=d_in, n_features=features, active_per_token=l0, seed=seed))
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Output folder: the native SAE, metrics.jsonl, checkpoint.pt.")],
+    activations: Annotated[Path | None, typer.Option(help="Train from cached activation shards in DIR.")] = None,
+    synthetic: Annotated[bool, typer.Option(help="Train on synthetic data with a known sparse dictionary.")] = False,
+    synthetic_d_in: Annotated[int, typer.Option(help="Synthetic data: width d_in.")] = 64,
+    synthetic_features: Annotated[int, typer.Option(help="Synthetic data: true dictionary size.")] = 256,
+    synthetic_l0: Annotated[float, typer.Option(help="Synthetic data: true features active per token.")] = 4.0,
+    arch: Annotated[Arch, typer.Option(help="SAE architecture.")] = Arch.jumprelu,
+    width: Annotated[int, typer.Option(help="Number of latents d_sae.")] = 16_384,
+    l0_coeff: Annotated[float | None, typer.Option(help="JumpReLU lambda (L0 penalty, normalised units).")] = None,
+    l1_coeff: Annotated[float | None, typer.Option(help="ReLU / Gated lambda (decoder-norm-weighted L1).")] = None,
+    k: Annotated[int, typer.Option(help="TopK: active latents per token.")] = 32,
+    threshold_param: Annotated[ThresholdParam | None, typer.Option(
+        help="JumpReLU: train log(theta) (paper) or raw theta (short runs). Default: from --recipe.")] = None,
+    recipe: Annotated[Recipe, typer.Option(
+        help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run.")] = Recipe.paper,
+    bandwidth: Annotated[float, typer.Option(help="JumpReLU STE bandwidth epsilon.")] = 0.001,
+    tokens: Annotated[int, typer.Option(help="Training tokens.")] = 4_000_000_000,
+    batch_size: Annotated[int, typer.Option(help="Tokens per step (global across processes).")] = 4096,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 7e-5).")] = None,
+    lr_warmup_steps: Annotated[int | None, typer.Option(help="Cosine LR warm-up steps (paper: 1000).")] = None,
+    sparsity_warmup_steps: Annotated[int | None, typer.Option(help="Linear lambda warm-up steps (paper: 10000).")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Clip gradient norm (deviation; paper: none).")] = None,
+    shuffle_buffer: Annotated[int, typer.Option(help="Tokens in the shuffle buffer (0 = none).")] = 0,
+    no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Do not scale inputs to unit mean squared norm.")] = False,
+    no_pre_enc_bias: Annotated[bool, typer.Option("--no-pre-enc-bias", help="Do not subtract b_dec before encoding.")] = False,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    bf16: Annotated[bool, typer.Option(help="GPU: bf16 autocast for matmuls (weights stay fp32).")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 1000,
+    log_every: Annotated[int, typer.Option(help="metrics.jsonl line every N steps.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train one SAE (launch with `torchrun --nproc-per-node N -m app train ...` for DDP)."""
+    from trainer.activations import ActivationError, ShardSource
+    from trainer.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.formats import SAEMetadata
+    from trainer.train import Trainer, TrainingInterrupted
+
+    if (activations is None) == (not synthetic):
+        raise fail("give exactly one activation source: --activations DIR or --synthetic")
+    if arch is Arch.jumprelu and l1_coeff is not None:
+        raise fail("--l1-coeff is for --arch relu or gated; JumpReLU takes --l0-coeff")
+    if arch in (Arch.relu, Arch.gated) and l0_coeff is not None:
+        raise fail(f"--l0-coeff is for --arch jumprelu; {arch.value} takes --l1-coeff")
+    try:
+        meta = SAEMetadata()
+        source: ActivationSource
+        if activations is not None:
+            shards = ShardSource(activations, loop=True)
+            source = shards
+            meta = SAEMetadata(model=shards.meta.get("model"), layer=shards.meta.get("layer"),
+                               site=shards.meta.get("site"), dataset=shards.description,
+                               context_size=shards.meta.get("context_size"),
+                               prepend_bos=bool(shards.meta.get("prepend_bos", True)))
+        else:
+            source = _synthetic_source(synthetic_d_in, synthetic_features, synthetic_l0, seed)
+            meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(source.spec)})  # type: ignore[attr-defined]
+        explicit: set[str] = set()
+        sae_kwargs: dict[str, Any] = {}
+        if threshold_param is not None:
+            sae_kwargs["threshold_param"] = threshold_param.value
+            explicit.add("threshold_param")
+        sae_cfg = SAEConfig(d_in=source.d_in, d_sae=width, architecture=arch.value, k=k,  # type: ignore[arg-type]
+                            bandwidth=bandwidth, use_pre_enc_bias=not no_pre_enc_bias, **sae_kwargs)
+        train_kwargs: dict[str, Any] = {}
+        for name, value in (("lr", lr), ("lr_warmup_steps", lr_warmup_steps),
+                            ("sparsity_warmup_steps", sparsity_warmup_steps)):
+            if value is not None:
+                train_kwargs[name] = value
+                explicit.add(name)
+        coeff = l0_coeff if arch is Arch.jumprelu else l1_coeff
+        train_cfg = TrainConfig(
+            tokens=tokens, batch_size=batch_size, sparsity_coeff=coeff, grad_clip=grad_clip,
+            shuffle_buffer=shuffle_buffer, normalize=not no_normalize, device=device.value,  # type: ignore[arg-type]
+            autocast_bf16=bf16, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+            recipe=recipe.value, **train_kwargs,  # type: ignore[arg-type]
+        )
+        resolve_recipe(sae_cfg, train_cfg, explicit)
+        result = Trainer(sae_cfg, train_cfg, source, out, meta, progress=progress).fit(resume=resume)
+    except TrainingInterrupted:
+        console.print(f"interrupted: checkpoint written; continue with --resume --out {out}")
+        raise typer.Exit(code=130) from None
+    except (ValueError, FileNotFoundError, ActivationError) as err:
+        raise fail(str(err)) from None
+    console.print(f"saved {result.sae.cfg.architecture} SAE ({result.steps} steps) to {result.out_dir}")
+
+
+def _eval_source(folder: Path, activations: Path | None, meta_extra: dict[str, Any]) -> ActivationSource:
+    from trainer.activations import ShardSource, SyntheticSource, SyntheticSpec
+
+    if activations is not None:
+        return ShardSource(activations)
+    if "synthetic" in meta_extra:
+        # Held out: the same dictionary, a different token stream.
+        return SyntheticSource(SyntheticSpec(**meta_extra["synthetic"])).held_out()
+    raise ValueError(f"{folder} was not trained on synthetic data: give held-out --activations DIR")
+
+
+def print_metrics(result: EvalResult, title: str) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in asdict(result).items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@app.command("eval")
+def eval_(
+    sae_dir: Annotated[Path, typer.Argument(help="A native SAE folder.", metavar="DIR")],
+    activations: Annotated[Path | None, typer.Option(help="Held-out activation shards (default: the SAE's held-out synthetic stream).")] = None,
+    tokens: Annotated[int, typer.Option(help="Tokens to evaluate on.")] = 1_000_000,
+    batch_size: Annotated[int, typer.Option(help="Tokens per batch.")] = 4096,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Print the metrics of one SAE: l0, fvu, mse, dead and dense fractions."""
+    from trainer.activations import ActivationError
+    from trainer.distributed import resolve_device
+    from trainer.evaluate import evaluate
+    from trainer.formats import SAEFormatError, load_native
+
+    try:
+        loaded = load_native(sae_dir)
+        source = _eval_source(sae_dir, activations, loaded.meta.extra)
+        if source.d_in != loaded.sae.cfg.d_in:
+            raise ValueError(f"d_in mismatch: the activations are {source.d_in} wide, the SAE expects {loaded.sae.cfg.d_in}")
+        result = evaluate(loaded.sae, source, tokens, batch_size, resolve_device(device.value),
+                          progress=sys.stderr.isatty())
+    except (ValueError, ActivationError, SAEFormatError) as err:
+        raise fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+    else:
+        print_metrics(result, f"{sae_dir}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo keeps its SAE.")] = Path("runs/demo"),
+    tokens: Annotated[int, typer.Option(help="Training tokens.")] = 8_192_000,
+    retrain: Annotated[bool, typer.Option(help="Train again even if a finished SAE is cached.")] = False,
+) -> None:
+    """The main job on embedded defaults: train a JumpReLU SAE and evaluate it.
+
+    Until the language-model source lands this trains on synthetic activations with a
+    known dictionary, so it also reports how well the true directions were recovered.
+    """
+    import torch
+
+    from trainer.activations import SyntheticSource, SyntheticSpec
+    from trainer.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.evaluate import evaluate
+    from trainer.formats import NATIVE_WEIGHTS, SAEMetadata, load_native
+    from trainer.train import Trainer
+
+    spec = SyntheticSpec()
+    source = SyntheticSource(spec)
+    if retrain or not (out / NATIVE_WEIGHTS).exists():
+        sae_cfg = SAEConfig(d_in=spec.d_in, d_sae=512)
+        train_cfg = TrainConfig(tokens=tokens, batch_size=1024, recipe="short", sparsity_coeff=0.02,
+                                checkpoint_every=1000, log_every=50, norm_tokens=65_536)
+        resolve_recipe(sae_cfg, train_cfg, set())
+        meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(spec)})
+        Trainer(sae_cfg, train_cfg, source, out, meta).fit()
+    else:
+        console.print(f"using the trained SAE cached in {out} (--retrain to train again)")
+    sae = load_native(out).sae
+    result = evaluate(sae, source.held_out(), 262_144)
+    print_metrics(result, f"demo SAE ({out}) on held-out synthetic tokens")
+    cos = torch.nn.functional.normalize(sae.W_dec, dim=1) @ source.dictionary.T  # (d_sae, n_true)
+    Console().print(f"mean best cosine of the {spec.n_features} true directions: "
+                    f"{cos.max(0).values.mean().item():.3f} (true L0 ~{spec.active_per_token:g})")

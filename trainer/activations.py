@@ -1,0 +1,279 @@
+"""Activation sources: everything the trainer reads is an iterable of (n, d_in) chunks.
+
+A source is deterministic given its seed, so a resumed run can replay it to the exact
+batch it stopped at. Sources here: activation shards on disk (interface.md), an in-memory
+tensor, and a synthetic generator with a known sparse dictionary. The live language-model
+source (issue 3) implements the same `ActivationSource` protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+
+class ActivationError(ValueError):
+    """Activation data that cannot be used, with a message naming the problem."""
+
+
+@runtime_checkable
+class ActivationSource(Protocol):
+    """An iterable of float32 chunks (n, d_in) with special tokens already removed."""
+
+    d_in: int
+    description: str
+    """Recorded as `dataset` in the SAE's cfg.json."""
+
+    def __iter__(self) -> Iterator[Tensor]: ...
+
+
+class TensorSource:
+    """Activations held in memory, optionally looped forever."""
+
+    def __init__(self, activations: Tensor, chunk_tokens: int = 65_536, loop: bool = False,
+                 description: str = "in-memory") -> None:
+        if activations.ndim != 2 or activations.shape[0] == 0:
+            raise ActivationError(
+                f"activations must be a non-empty (n_tokens, d_in) tensor, got {tuple(activations.shape)}"
+            )
+        self.activations = activations
+        self.d_in = activations.shape[1]
+        self.chunk_tokens = chunk_tokens
+        self.loop = loop
+        self.description = description
+
+    def __iter__(self) -> Iterator[Tensor]:
+        while True:
+            for start in range(0, self.activations.shape[0], self.chunk_tokens):
+                yield self.activations[start : start + self.chunk_tokens].float()
+            if not self.loop:
+                return
+
+
+@dataclass
+class SyntheticSpec:
+    """A sparse generative model with a known dictionary, for tests and demos."""
+
+    d_in: int = 64
+    """Width of the generated activations."""
+    n_features: int = 256
+    """Size of the true dictionary (unit-norm random directions)."""
+    active_per_token: float = 4.0
+    """Expected number of true features active per token (the intended L0)."""
+    noise: float = 0.0
+    """Standard deviation of isotropic Gaussian noise added to each token."""
+    scale: float = 10.0
+    """Overall scale of the activations (the trainer must normalise it away)."""
+    seed: int = 0
+    """Seed of the dictionary and the feature frequencies."""
+    sample_seed: int = 1
+    """Seed of the token stream (a different one gives held-out data)."""
+    chunk_tokens: int = 16_384
+    """Tokens generated per chunk."""
+
+    def __post_init__(self) -> None:
+        if self.active_per_token <= 0 or self.active_per_token > self.n_features:
+            raise ValueError("active_per_token must be in (0, n_features]")
+
+
+class SyntheticSource:
+    """Tokens x = sum_i a_i d_i + noise, each true feature i firing with its own frequency.
+
+    Frequencies follow a power law (a few common features, many rare ones, like real SAEs)
+    normalised to `active_per_token` on average; magnitudes are uniform in [0.5, 1.5].
+    """
+
+    def __init__(self, spec: SyntheticSpec, loop: bool = True, max_tokens: int | None = None) -> None:
+        self.spec = spec
+        self.d_in = spec.d_in
+        self.loop = loop
+        self.max_tokens = max_tokens
+        gen = torch.Generator().manual_seed(spec.seed)
+        dictionary = torch.randn(spec.n_features, spec.d_in, generator=gen)
+        self.dictionary = dictionary / dictionary.norm(dim=1, keepdim=True)  # (n_features, d_in)
+        ranks = torch.arange(1, spec.n_features + 1, dtype=torch.float64)
+        weights = ranks.pow(-0.5)[torch.randperm(spec.n_features, generator=gen)]
+        self.frequencies = (weights / weights.sum() * spec.active_per_token).clamp(max=1.0).float()
+        params = ",".join(f"{k}={v}" for k, v in asdict(spec).items() if k != "chunk_tokens")
+        self.description = f"synthetic:{params}"
+
+    def held_out(self) -> SyntheticSource:
+        """The same dictionary with a different token stream."""
+        spec = SyntheticSpec(**{**asdict(self.spec), "sample_seed": self.spec.sample_seed + 10_007})
+        return SyntheticSource(spec, loop=self.loop, max_tokens=self.max_tokens)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        gen = torch.Generator().manual_seed(self.spec.sample_seed)
+        n = self.spec.chunk_tokens
+        produced = 0
+        while self.max_tokens is None or produced < self.max_tokens:
+            if self.max_tokens is not None:
+                n = min(n, self.max_tokens - produced)
+            active = torch.rand(n, self.spec.n_features, generator=gen) < self.frequencies
+            magnitude = 0.5 + torch.rand(n, self.spec.n_features, generator=gen)
+            codes = active * magnitude  # (n, n_features)
+            x = codes @ self.dictionary  # (n, d_in)
+            if self.spec.noise > 0:
+                x = x + self.spec.noise * torch.randn(n, self.d_in, generator=gen)
+            produced += n
+            yield x * self.spec.scale
+            if not self.loop and self.max_tokens is None:
+                return
+
+
+SHARD_TENSOR = "activations"
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ActivationError(f"activation folder {folder} does not exist or is not a folder")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ActivationError(f"activation folder {folder} holds no *.safetensors shards")
+    return files
+
+
+class ShardSource:
+    """Activation shards on disk (interface.md): *.safetensors with `activations` (n, d_in).
+
+    Shards are read in file-name order; `loop` starts over when they run out. Every shard
+    is checked (tensor present, 2-D, d_in consistent) before training starts.
+    """
+
+    def __init__(self, folder: str | Path, loop: bool = False) -> None:
+        self.folder = Path(folder)
+        self.files = _shard_files(self.folder)
+        self.loop = loop
+        meta_path = self.folder / "meta.json"
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        widths = set()
+        self.n_tokens = 0
+        for path in self.files:
+            with safe_open(path, framework="pt") as shard:
+                if SHARD_TENSOR not in shard.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                    raise ActivationError(
+                        f"shard {path.name} has no '{SHARD_TENSOR}' tensor (found: {', '.join(shard.keys()) or 'none'})"
+                    )
+                shape = shard.get_slice(SHARD_TENSOR).get_shape()
+            if len(shape) != 2:
+                raise ActivationError(f"shard {path.name}: '{SHARD_TENSOR}' must be 2-D (n_tokens, d_in), got {shape}")
+            widths.add(shape[1])
+            self.n_tokens += shape[0]
+        if len(widths) != 1:
+            raise ActivationError(f"shards in {self.folder} disagree on d_in: {sorted(widths)}")
+        self.d_in = widths.pop()
+        if self.n_tokens == 0:
+            raise ActivationError(f"activation folder {self.folder} holds no tokens")
+        self.description = str(self.meta.get("dataset", f"activations:{self.folder}"))
+
+    def __iter__(self) -> Iterator[Tensor]:
+        while True:
+            for path in self.files:
+                with safe_open(path, framework="pt") as shard:
+                    chunk = shard.get_tensor(SHARD_TENSOR).float()
+                if not torch.isfinite(chunk).all():
+                    raise ActivationError(f"shard {path.name} contains NaN or infinite activations")
+                yield chunk
+            if not self.loop:
+                return
+
+
+def write_shards(folder: str | Path, chunks: Iterable[Tensor], meta: dict[str, Any],
+                 shard_tokens: int = 262_144, dtype: torch.dtype = torch.float32) -> int:
+    """Write chunks as activation shards plus meta.json; returns the token count.
+
+    Written into a temporary sibling folder that is renamed into place at the end, so an
+    interrupted cache never looks complete.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    pending: list[Tensor] = []
+    pending_n = index = total = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_n, index
+        if pending_n:
+            data = torch.cat(pending).to(dtype).contiguous()
+            save_file({SHARD_TENSOR: data}, str(tmp / f"shard_{index:05d}.safetensors"))
+            index += 1
+        pending, pending_n = [], 0
+
+    for chunk in chunks:
+        pending.append(chunk)
+        pending_n += chunk.shape[0]
+        total += chunk.shape[0]
+        if pending_n >= shard_tokens:
+            flush()
+    flush()
+    (tmp / "meta.json").write_text(json.dumps({**meta, "n_tokens": total}, indent=2))
+    if folder.exists():
+        raise ActivationError(f"{folder} already exists; remove it or choose another folder")
+    os.replace(tmp, folder)
+    return total
+
+
+class ShuffleBuffer:
+    """Mixes a chunk stream through a buffer of `capacity` tokens (deterministic by seed).
+
+    Fills to capacity, shuffles, emits half and keeps half, so consecutive tokens of one
+    document end up far apart (Gemma Scope shuffles in buckets of ~1e6 activations).
+    """
+
+    def __init__(self, chunks: Iterable[Tensor], capacity: int, seed: int = 0) -> None:
+        self.chunks = chunks
+        self.capacity = capacity
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        held: Tensor | None = None
+        for chunk in self.chunks:
+            held = chunk if held is None else torch.cat([held, chunk])
+            if held.shape[0] >= self.capacity:
+                held = held[torch.randperm(held.shape[0], generator=gen)]
+                half = held.shape[0] // 2
+                yield held[:half]
+                held = held[half:]
+        if held is not None and held.shape[0]:
+            yield held[torch.randperm(held.shape[0], generator=gen)]
+
+
+def batches(chunks: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
+    """Re-cut a chunk stream into (batch_size, d_in) batches; a short tail is dropped."""
+    pending: list[Tensor] = []
+    pending_n = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        pending_n += chunk.shape[0]
+        if pending_n < batch_size:
+            continue
+        joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+        usable = (joined.shape[0] // batch_size) * batch_size
+        yield from joined[:usable].split(batch_size)
+        rest = joined[usable:]
+        pending, pending_n = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+
+
+def take_tokens(chunks: Iterable[Tensor], n_tokens: int) -> Tensor:
+    """The first n_tokens of a chunk stream, concatenated (fewer if the stream ends)."""
+    got: list[Tensor] = []
+    n = 0
+    for chunk in chunks:
+        got.append(chunk[: n_tokens - n])
+        n += got[-1].shape[0]
+        if n >= n_tokens:
+            break
+    if not got:
+        raise ActivationError("the activation source yielded no tokens")
+    return torch.cat(got)

@@ -1,0 +1,214 @@
+"""Typed, documented configs for the SAE and its training run.
+
+Every default is the JumpReLU paper's / Gemma Scope recipe (../shared/docs/jumprelu.md §3);
+every deviation is a named field. `resolve_recipe` applies the named short-run recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Architecture = Literal["jumprelu", "relu", "topk", "gated"]
+ARCHITECTURES: tuple[str, ...] = ("jumprelu", "relu", "topk", "gated")
+ThresholdParam = Literal["log", "raw"]
+Recipe = Literal["paper", "short"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class SAEConfig:
+    """Shape and architecture of one sparse autoencoder."""
+
+    d_in: int
+    """Width of the activations the SAE reads (d_model for resid/mlp, heads*head_dim for attn)."""
+    d_sae: int
+    """Number of latents (the dictionary width)."""
+    architecture: Architecture = "jumprelu"
+    """jumprelu (the paper), relu (ReLU + decoder-norm-weighted L1), topk (TopK + AuxK), gated."""
+    use_pre_enc_bias: bool = True
+    """Subtract b_dec from the input before encoding during training (Gemma Scope trains with it)."""
+    bandwidth: float = 0.001
+    """JumpReLU STE kernel width epsilon, in units where E||x||^2 = 1 (GS fn 5)."""
+    threshold_init: float = 0.001
+    """Initial JumpReLU threshold theta_0 (GS §3.2)."""
+    threshold_param: ThresholdParam = "log"
+    """Train log(theta) (the paper) or raw theta clamped above zero (converges in short runs)."""
+    k: int = 32
+    """TopK: active latents per token."""
+    k_aux: int | None = None
+    """TopK: latents used by the AuxK loss; None means d_in // 2 (Gao et al. 2024)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}"
+            )
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
+        if self.threshold_param not in ("log", "raw"):
+            raise ValueError(f"threshold_param must be log or raw, got {self.threshold_param!r}")
+        if self.bandwidth <= 0 or self.threshold_init <= 0:
+            raise ValueError("bandwidth and threshold_init must be positive")
+        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+
+    @property
+    def resolved_k_aux(self) -> int:
+        return min(self.k_aux or max(1, self.d_in // 2), self.d_sae)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the paper's recipe (jumprelu.md §3)."""
+
+    tokens: int = 4_000_000_000
+    """Training tokens in total (Gemma Scope: 4B at width 16k)."""
+    batch_size: int = 4096
+    """Tokens per optimiser step (global, across all DDP ranks)."""
+    lr: float = 7e-5
+    """Adam learning rate eta."""
+    adam_betas: tuple[float, float] = (0.0, 0.999)
+    """Adam (beta1, beta2): beta1 = 0 as in the paper."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    lr_warmup_steps: int = 1000
+    """Cosine warm-up of the learning rate from lr_warmup_start * lr to lr."""
+    lr_warmup_start: float = 0.1
+    """Fraction of lr the warm-up starts from."""
+    lr_decay_steps: int = 0
+    """Deviation: linear decay to zero over the last N steps (0 = none, as in the paper)."""
+    sparsity_coeff: float | None = None
+    """lambda of the sparsity penalty: L0 (jumprelu) or L1 (relu, gated). None = arch default."""
+    sparsity_warmup_steps: int = 10_000
+    """Linear warm-up of lambda from 0 over N steps (not used by topk)."""
+    aux_coeff: float = 1 / 32
+    """TopK: AuxK loss coefficient alpha (Gao et al. 2024)."""
+    dead_tokens: int = 10_000_000
+    """TopK: a latent that has not fired for this many tokens counts as dead for AuxK."""
+    grad_clip: float | None = None
+    """Deviation: clip the gradient norm (None, as in the paper; SAELens and DL use 1.0)."""
+    normalize: bool = True
+    """Scale inputs to unit mean squared norm; the scale is folded back into the saved SAE."""
+    norm_tokens: int = 409_600
+    """Tokens used to estimate the normalisation scale C (DL uses 100 batches)."""
+    shuffle_buffer: int = 0
+    """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data)."""
+    seed: int = 0
+    """Seed for initialisation and shuffling."""
+    device: Device = "auto"
+    """auto = CUDA when present, else CPU."""
+    autocast_bf16: bool = False
+    """GPU only: bf16 autocast for the matmuls; master weights and thresholds stay fp32."""
+    checkpoint_every: int = 1000
+    """Write an atomic checkpoint every N steps (0 = only at the end)."""
+    log_every: int = 10
+    """Append a metrics.jsonl line every N steps."""
+    recipe: Recipe = "paper"
+    """paper (defaults above) or short (jumprelu.md §3.3): see resolve_recipe."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.tokens < self.batch_size:
+            raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.recipe not in ("paper", "short"):
+            raise ValueError(f"recipe must be paper or short, got {self.recipe!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // self.batch_size
+
+
+# Sparsity coefficients per architecture, each in units where E||x||^2 = 1.
+DEFAULT_SPARSITY: dict[str, float] = {
+    "jumprelu": 1e-3,  # GS Fig. 3: the 9B middle-layer 131k SAEs
+    "relu": 5.0e-3,  # L1 on f_i*||d_i||; swept in practice, this gives L0 ~ 50-100 on LM data
+    "gated": 5.0e-3,  # L1 on relu(pi_gate)*||d_i|| (Gated SAE paper, RI-L1)
+    "topk": 0.0,  # TopK has no penalty: k sets L0
+}
+
+
+def sparsity_coeff(sae: SAEConfig, train: TrainConfig) -> float:
+    """The lambda in force: the run's own, or the architecture's default."""
+    if train.sparsity_coeff is not None:
+        return train.sparsity_coeff
+    return DEFAULT_SPARSITY[sae.architecture]
+
+
+def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> None:
+    """Apply the `short` recipe (jumprelu.md §3.3) to every field the user did not set.
+
+    The paper's recipe is tuned for millions of steps; in a few thousand steps log(theta)
+    under Adam cannot climb from 0.001, so the short recipe trains raw theta, raises the
+    learning rate and scales both warm-ups to the run length.
+    """
+    if train.recipe != "short":
+        return
+    steps = max(1, train.total_steps)
+    if "threshold_param" not in explicit:
+        sae.threshold_param = "raw"
+    if "lr" not in explicit:
+        train.lr = 1e-3
+    if "lr_warmup_steps" not in explicit:
+        train.lr_warmup_steps = max(1, steps // 20)
+    if "sparsity_warmup_steps" not in explicit:
+        train.sparsity_warmup_steps = max(1, steps // 5)
+    if "lr_decay_steps" not in explicit:
+        train.lr_decay_steps = steps // 5
+    if "dead_tokens" not in explicit:
+        train.dead_tokens = min(train.dead_tokens, max(train.batch_size, train.tokens // 10))
+
+
+def lr_at(step: int, train: TrainConfig) -> float:
+    """Learning rate at `step` (0-based): cosine warm-up from 0.1*lr, optional linear decay."""
+    lr = train.lr
+    if train.lr_warmup_steps > 0 and step < train.lr_warmup_steps:
+        progress = step / train.lr_warmup_steps
+        start = train.lr_warmup_start
+        lr *= start + (1 - start) * (1 - math.cos(math.pi * progress)) / 2
+    if train.lr_decay_steps > 0:
+        decay_start = train.total_steps - train.lr_decay_steps
+        if step >= decay_start:
+            lr *= max(0.0, (train.total_steps - step) / train.lr_decay_steps)
+    return lr
+
+
+def sparsity_at(step: int, coeff: float, train: TrainConfig) -> float:
+    """lambda at `step`: linear warm-up from 0 over sparsity_warmup_steps."""
+    if train.sparsity_warmup_steps <= 0:
+        return coeff
+    return coeff * min(1.0, step / train.sparsity_warmup_steps)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, ignoring keys it does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: (tuple(v) if k == "adam_betas" else v) for k, v in data.items() if k in names}
+    return cls(**kwargs)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_SPARSITY",
+    "SAEConfig",
+    "TrainConfig",
+    "from_dict",
+    "lr_at",
+    "resolve_recipe",
+    "sparsity_at",
+    "sparsity_coeff",
+    "to_dict",
+]
