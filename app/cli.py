@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,24 +28,24 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-class Arch(str, Enum):
+class Arch(StrEnum):
     jumprelu = "jumprelu"
     relu = "relu"
     topk = "topk"
     gated = "gated"
 
 
-class ThresholdParam(str, Enum):
+class ThresholdParam(StrEnum):
     log = "log"
     raw = "raw"
 
 
-class Recipe(str, Enum):
+class Recipe(StrEnum):
     paper = "paper"
     short = "short"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -84,20 +84,30 @@ def train(
     l0_coeff: Annotated[float | None, typer.Option(help="JumpReLU lambda (L0 penalty, normalised units).")] = None,
     l1_coeff: Annotated[float | None, typer.Option(help="ReLU / Gated lambda (decoder-norm-weighted L1).")] = None,
     k: Annotated[int, typer.Option(help="TopK: active latents per token.")] = 32,
-    threshold_param: Annotated[ThresholdParam | None, typer.Option(
-        help="JumpReLU: train log(theta) (paper) or raw theta (short runs). Default: from --recipe.")] = None,
-    recipe: Annotated[Recipe, typer.Option(
-        help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run.")] = Recipe.paper,
+    threshold_param: Annotated[
+        ThresholdParam | None,
+        typer.Option(help="JumpReLU: train log(theta) (paper) or raw theta (short runs). Default: from --recipe."),
+    ] = None,
+    recipe: Annotated[
+        Recipe,
+        typer.Option(help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run."),
+    ] = Recipe.paper,
     bandwidth: Annotated[float, typer.Option(help="JumpReLU STE bandwidth epsilon.")] = 0.001,
     tokens: Annotated[int, typer.Option(help="Training tokens.")] = 4_000_000_000,
     batch_size: Annotated[int, typer.Option(help="Tokens per step (global across processes).")] = 4096,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 7e-5).")] = None,
     lr_warmup_steps: Annotated[int | None, typer.Option(help="Cosine LR warm-up steps (paper: 1000).")] = None,
-    sparsity_warmup_steps: Annotated[int | None, typer.Option(help="Linear lambda warm-up steps (paper: 10000).")] = None,
+    sparsity_warmup_steps: Annotated[
+        int | None, typer.Option(help="Linear lambda warm-up steps (paper: 10000).")
+    ] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Clip gradient norm (deviation; paper: none).")] = None,
     shuffle_buffer: Annotated[int, typer.Option(help="Tokens in the shuffle buffer (0 = none).")] = 0,
-    no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Do not scale inputs to unit mean squared norm.")] = False,
-    no_pre_enc_bias: Annotated[bool, typer.Option("--no-pre-enc-bias", help="Do not subtract b_dec before encoding.")] = False,
+    no_normalize: Annotated[
+        bool, typer.Option("--no-normalize", help="Do not scale inputs to unit mean squared norm.")
+    ] = False,
+    no_pre_enc_bias: Annotated[
+        bool, typer.Option("--no-pre-enc-bias", help="Do not subtract b_dec before encoding.")
+    ] = False,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
     bf16: Annotated[bool, typer.Option(help="GPU: bf16 autocast for matmuls (weights stay fp32).")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 1000,
@@ -124,10 +134,14 @@ def train(
         if activations is not None:
             shards = ShardSource(activations, loop=True)
             source = shards
-            meta = SAEMetadata(model=shards.meta.get("model"), layer=shards.meta.get("layer"),
-                               site=shards.meta.get("site"), dataset=shards.description,
-                               context_size=shards.meta.get("context_size"),
-                               prepend_bos=bool(shards.meta.get("prepend_bos", True)))
+            meta = SAEMetadata(
+                model=shards.meta.get("model"),
+                layer=shards.meta.get("layer"),
+                site=shards.meta.get("site"),
+                dataset=shards.description,
+                context_size=shards.meta.get("context_size"),
+                prepend_bos=bool(shards.meta.get("prepend_bos", True)),
+            )
         else:
             source = _synthetic_source(synthetic_d_in, synthetic_features, synthetic_l0, seed)
             meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(source.spec)})  # type: ignore[attr-defined]
@@ -136,20 +150,39 @@ def train(
         if threshold_param is not None:
             sae_kwargs["threshold_param"] = threshold_param.value
             explicit.add("threshold_param")
-        sae_cfg = SAEConfig(d_in=source.d_in, d_sae=width, architecture=arch.value, k=k,  # type: ignore[arg-type]
-                            bandwidth=bandwidth, use_pre_enc_bias=not no_pre_enc_bias, **sae_kwargs)
+        sae_cfg = SAEConfig(
+            d_in=source.d_in,
+            d_sae=width,
+            architecture=arch.value,
+            k=k,  # type: ignore[arg-type]
+            bandwidth=bandwidth,
+            use_pre_enc_bias=not no_pre_enc_bias,
+            **sae_kwargs,
+        )
         train_kwargs: dict[str, Any] = {}
-        for name, value in (("lr", lr), ("lr_warmup_steps", lr_warmup_steps),
-                            ("sparsity_warmup_steps", sparsity_warmup_steps)):
+        for name, value in (
+            ("lr", lr),
+            ("lr_warmup_steps", lr_warmup_steps),
+            ("sparsity_warmup_steps", sparsity_warmup_steps),
+        ):
             if value is not None:
                 train_kwargs[name] = value
                 explicit.add(name)
         coeff = l0_coeff if arch is Arch.jumprelu else l1_coeff
         train_cfg = TrainConfig(
-            tokens=tokens, batch_size=batch_size, sparsity_coeff=coeff, grad_clip=grad_clip,
-            shuffle_buffer=shuffle_buffer, normalize=not no_normalize, device=device.value,  # type: ignore[arg-type]
-            autocast_bf16=bf16, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
-            recipe=recipe.value, **train_kwargs,  # type: ignore[arg-type]
+            tokens=tokens,
+            batch_size=batch_size,
+            sparsity_coeff=coeff,
+            grad_clip=grad_clip,
+            shuffle_buffer=shuffle_buffer,
+            normalize=not no_normalize,
+            device=device.value,  # type: ignore[arg-type]
+            autocast_bf16=bf16,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            seed=seed,
+            recipe=recipe.value,
+            **train_kwargs,  # type: ignore[arg-type]
         )
         resolve_recipe(sae_cfg, train_cfg, explicit)
         result = Trainer(sae_cfg, train_cfg, source, out, meta, progress=progress).fit(resume=resume)
@@ -182,7 +215,9 @@ def print_metrics(result: EvalResult, title: str) -> None:
 @app.command("eval")
 def eval_(
     sae_dir: Annotated[Path, typer.Argument(help="A native SAE folder.", metavar="DIR")],
-    activations: Annotated[Path | None, typer.Option(help="Held-out activation shards (default: the SAE's held-out synthetic stream).")] = None,
+    activations: Annotated[
+        Path | None, typer.Option(help="Held-out activation shards (default: the SAE's held-out synthetic stream).")
+    ] = None,
     tokens: Annotated[int, typer.Option(help="Tokens to evaluate on.")] = 1_000_000,
     batch_size: Annotated[int, typer.Option(help="Tokens per batch.")] = 4096,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
@@ -198,9 +233,12 @@ def eval_(
         loaded = load_native(sae_dir)
         source = _eval_source(sae_dir, activations, loaded.meta.extra)
         if source.d_in != loaded.sae.cfg.d_in:
-            raise ValueError(f"d_in mismatch: the activations are {source.d_in} wide, the SAE expects {loaded.sae.cfg.d_in}")
-        result = evaluate(loaded.sae, source, tokens, batch_size, resolve_device(device.value),
-                          progress=sys.stderr.isatty())
+            raise ValueError(
+                f"d_in mismatch: the activations are {source.d_in} wide, the SAE expects {loaded.sae.cfg.d_in}"
+            )
+        result = evaluate(
+            loaded.sae, source, tokens, batch_size, resolve_device(device.value), progress=sys.stderr.isatty()
+        )
     except (ValueError, ActivationError, SAEFormatError) as err:
         raise fail(str(err)) from None
     if as_json:
@@ -232,8 +270,15 @@ def demo(
     source = SyntheticSource(spec)
     if retrain or not (out / NATIVE_WEIGHTS).exists():
         sae_cfg = SAEConfig(d_in=spec.d_in, d_sae=512)
-        train_cfg = TrainConfig(tokens=tokens, batch_size=1024, recipe="short", sparsity_coeff=0.02,
-                                checkpoint_every=1000, log_every=50, norm_tokens=65_536)
+        train_cfg = TrainConfig(
+            tokens=tokens,
+            batch_size=1024,
+            recipe="short",
+            sparsity_coeff=0.02,
+            checkpoint_every=1000,
+            log_every=50,
+            norm_tokens=65_536,
+        )
         resolve_recipe(sae_cfg, train_cfg, set())
         meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(spec)})
         Trainer(sae_cfg, train_cfg, source, out, meta).fit()
@@ -243,5 +288,7 @@ def demo(
     result = evaluate(sae, source.held_out(), 262_144)
     print_metrics(result, f"demo SAE ({out}) on held-out synthetic tokens")
     cos = torch.nn.functional.normalize(sae.W_dec, dim=1) @ source.dictionary.T  # (d_sae, n_true)
-    Console().print(f"mean best cosine of the {spec.n_features} true directions: "
-                    f"{cos.max(0).values.mean().item():.3f} (true L0 ~{spec.active_per_token:g})")
+    Console().print(
+        f"mean best cosine of the {spec.n_features} true directions: "
+        f"{cos.max(0).values.mean().item():.3f} (true L0 ~{spec.active_per_token:g})"
+    )

@@ -40,8 +40,9 @@ class ActivationSource(Protocol):
 class TensorSource:
     """Activations held in memory, optionally looped forever."""
 
-    def __init__(self, activations: Tensor, chunk_tokens: int = 65_536, loop: bool = False,
-                 description: str = "in-memory") -> None:
+    def __init__(
+        self, activations: Tensor, chunk_tokens: int = 65_536, loop: bool = False, description: str = "in-memory"
+    ) -> None:
         if activations.ndim != 2 or activations.shape[0] == 0:
             raise ActivationError(
                 f"activations must be a non-empty (n_tokens, d_in) tensor, got {tuple(activations.shape)}"
@@ -188,8 +189,13 @@ class ShardSource:
                 return
 
 
-def write_shards(folder: str | Path, chunks: Iterable[Tensor], meta: dict[str, Any],
-                 shard_tokens: int = 262_144, dtype: torch.dtype = torch.float32) -> int:
+def write_shards(
+    folder: str | Path,
+    chunks: Iterable[Tensor],
+    meta: dict[str, Any],
+    shard_tokens: int = 262_144,
+    dtype: torch.dtype = torch.float32,
+) -> int:
     """Write chunks as activation shards plus meta.json; returns the token count.
 
     Written into a temporary sibling folder that is renamed into place at the end, so an

@@ -43,9 +43,7 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}"
-            )
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.d_in <= 0 or self.d_sae <= 0:
             raise ValueError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
         if self.threshold_param not in ("log", "raw"):

@@ -40,8 +40,14 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(sae: SAE, chunks: Iterable[Tensor], n_tokens: int, batch_size: int = 4096,
-             device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
+def evaluate(
+    sae: SAE,
+    chunks: Iterable[Tensor],
+    n_tokens: int,
+    batch_size: int = 4096,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> EvalResult:
     """Evaluate an inference-form SAE on up to n_tokens raw activations."""
     sae = sae.to(device).eval()
     d_sae = sae.cfg.d_sae

@@ -196,7 +196,9 @@ def load_native(folder: str | Path, device: str | torch.device = "cpu") -> Loade
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise SAEFormatError(f"{weights}: not a readable safetensors file ({err})") from err
     sae_cfg = SAEConfig(
-        d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), architecture=cfg["architecture"],
+        d_in=int(cfg["d_in"]),
+        d_sae=int(cfg["d_sae"]),
+        architecture=cfg["architecture"],
         k=int(cfg.get("k", 32)),
     )
     sae = sae_from_tensors(tensors, sae_cfg, str(weights)).to(device)

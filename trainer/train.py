@@ -77,8 +77,15 @@ def estimate_scale(sample: Tensor) -> float:
 class Trainer:
     """Train one SAE from an activation source into a native SAE folder."""
 
-    def __init__(self, sae_cfg: SAEConfig, train_cfg: TrainConfig, source: ActivationSource,
-                 out_dir: str | Path, meta: SAEMetadata | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        sae_cfg: SAEConfig,
+        train_cfg: TrainConfig,
+        source: ActivationSource,
+        out_dir: str | Path,
+        meta: SAEMetadata | None = None,
+        progress: bool = True,
+    ) -> None:
         if source.d_in != sae_cfg.d_in:
             raise ValueError(
                 f"d_in mismatch: the activations are {source.d_in} wide but the SAE expects d_in={sae_cfg.d_in}"
@@ -154,8 +161,7 @@ class Trainer:
         if isinstance(sae, TopKSAE):
             sae.dead_tokens = cfg.dead_tokens
         fused = ctx.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                     fused=fused)
+        optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
         coeff = sparsity_coeff(self.sae_cfg, cfg)
         total = cfg.total_steps
 
@@ -172,9 +178,13 @@ class Trainer:
                     sae.b_dec.copy_((sample.mean(0) / scale).to(ctx.device))
             if ctx.is_main:
                 (self.out_dir / METRICS).unlink(missing_ok=True)
-                atomic_write_text(self.out_dir / TRAIN_CONFIG, json.dumps(
-                    {"sae": asdict(self.sae_cfg), "train": asdict(cfg), "world_size": ctx.world_size},
-                    indent=2) + "\n")
+                atomic_write_text(
+                    self.out_dir / TRAIN_CONFIG,
+                    json.dumps(
+                        {"sae": asdict(self.sae_cfg), "train": asdict(cfg), "world_size": ctx.world_size}, indent=2
+                    )
+                    + "\n",
+                )
 
         model: nn.Module = _Step(sae)
         if ctx.distributed:
@@ -191,10 +201,15 @@ class Trainer:
         except ValueError:  # not the main thread: Ctrl-C handling stays with the caller
             previous = None
         metrics_file = open(self.out_dir / METRICS, "a") if ctx.is_main else None  # noqa: SIM115
-        bar = tqdm(total=total * cfg.batch_size, initial=start * cfg.batch_size, unit="tok", unit_scale=True,
-                   disable=not (self.progress and ctx.is_main), desc=f"train {self.sae_cfg.architecture}")
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                  enabled=cfg.autocast_bf16 and ctx.device.type == "cuda")
+        bar = tqdm(
+            total=total * cfg.batch_size,
+            initial=start * cfg.batch_size,
+            unit="tok",
+            unit_scale=True,
+            disable=not (self.progress and ctx.is_main),
+            desc=f"train {self.sae_cfg.architecture}",
+        )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.autocast_bf16 and ctx.device.type == "cuda")
         step = start
         window_start, window_tokens = time.perf_counter(), 0
         try:
@@ -258,29 +273,65 @@ class Trainer:
             self._save_checkpoint(sae, optimizer, total, scale)
             self.meta.normalization_scale = scale
             self.meta.tokens_trained = total * cfg.batch_size
-            self.meta.extra = {**self.meta.extra, "training": {
-                "threshold_param": self.sae_cfg.threshold_param, "bandwidth": self.sae_cfg.bandwidth,
-                "sparsity_coeff": coeff, "recipe": cfg.recipe, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                "steps": total, "seed": cfg.seed, "world_size": ctx.world_size,
-            }}
+            self.meta.extra = {
+                **self.meta.extra,
+                "training": {
+                    "threshold_param": self.sae_cfg.threshold_param,
+                    "bandwidth": self.sae_cfg.bandwidth,
+                    "sparsity_coeff": coeff,
+                    "recipe": cfg.recipe,
+                    "lr": cfg.lr,
+                    "batch_size": cfg.batch_size,
+                    "steps": total,
+                    "seed": cfg.seed,
+                    "world_size": ctx.world_size,
+                },
+            }
             save_native(self.out_dir, folded, self.meta)
         barrier(ctx)
         return TrainResult(folded, self.out_dir, scale, total)
 
     @torch.no_grad()
-    def _metrics_row(self, step: int, out: StepOutput, x: Tensor, lam: float, lr: float,
-                     tokens_per_s: float, sae: SAE, ctx: DistContext) -> dict[str, Any]:
+    def _metrics_row(
+        self,
+        step: int,
+        out: StepOutput,
+        x: Tensor,
+        lam: float,
+        lr: float,
+        tokens_per_s: float,
+        sae: SAE,
+        ctx: DistContext,
+    ) -> dict[str, Any]:
         """One metrics.jsonl line, summed over ranks (per-token means over the global batch)."""
         err = (out.x_hat.float() - x.float()).pow(2).sum()
         centred = (x.float() - x.float().mean(0)).pow(2).sum()
         n = torch.tensor(float(x.shape[0]), device=x.device)
-        sums = torch.stack([out.loss.detach() * n, out.mse.detach() * n, out.sparsity.detach() * n,
-                            out.aux.detach() * n, out.active.sum().float(), err, centred, n])
+        sums = torch.stack(
+            [
+                out.loss.detach() * n,
+                out.mse.detach() * n,
+                out.sparsity.detach() * n,
+                out.aux.detach() * n,
+                out.active.sum().float(),
+                err,
+                centred,
+                n,
+            ]
+        )
         loss, mse, sparsity, aux, l0, err_s, centred_s, n_all = all_reduce_sum(sums, ctx).tolist()
         dead = float((sae.tokens_since_fired >= self.cfg.dead_tokens).float().mean())
         return {
-            "step": step, "tokens": step * self.cfg.batch_size, "loss": loss / n_all, "mse": mse / n_all,
-            "l0": l0 / n_all, "fvu": err_s / max(centred_s, 1e-12), "sparsity": sparsity / n_all,
-            "aux": aux / n_all, "lambda": lam, "lr": lr, "dead_fraction": dead,
+            "step": step,
+            "tokens": step * self.cfg.batch_size,
+            "loss": loss / n_all,
+            "mse": mse / n_all,
+            "l0": l0 / n_all,
+            "fvu": err_s / max(centred_s, 1e-12),
+            "sparsity": sparsity / n_all,
+            "aux": aux / n_all,
+            "lambda": lam,
+            "lr": lr,
+            "dead_fraction": dead,
             "tokens/s": tokens_per_s,
         }
