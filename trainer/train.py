@@ -15,7 +15,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -85,6 +85,7 @@ class Trainer:
         out_dir: str | Path,
         meta: SAEMetadata | None = None,
         progress: bool = True,
+        on_step: Callable[[int, SAE], None] | None = None,
     ) -> None:
         if source.d_in != sae_cfg.d_in:
             raise ValueError(
@@ -96,6 +97,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.meta = meta or SAEMetadata(dataset=source.description)
         self.progress = progress
+        self.on_step = on_step
+        """Called after every optimiser step with (steps done, training-form SAE)."""
         self._stop_requested = False
 
     # -- data -----------------------------------------------------------------------------
@@ -240,6 +243,8 @@ class Trainer:
                 sae.after_step()
                 fired = all_reduce_sum(out.active.any(0).to(torch.int32), ctx) > 0  # (d_sae,)
                 sae.update_dead(fired, cfg.batch_size)
+                if self.on_step is not None:
+                    self.on_step(step + 1, sae)
 
                 done = step + 1
                 window_tokens += cfg.batch_size

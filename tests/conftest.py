@@ -1,0 +1,46 @@
+"""Shared test set-up: offline Hugging Face, deterministic seeds, small builders."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import pytest
+import torch
+
+from trainer.config import SAEConfig, TrainConfig
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+def tiny_sae_cfg(**overrides: Any) -> SAEConfig:
+    """A small SAEConfig for fast tests."""
+    return SAEConfig(**{"d_in": 16, "d_sae": 48, **overrides})
+
+
+def tiny_train_cfg(**overrides: Any) -> TrainConfig:
+    """A small TrainConfig for fast tests (no warm-up surprises, no periodic checkpoint)."""
+    base: dict[str, Any] = {
+        "tokens": 256 * 20,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "lr_warmup_steps": 5,
+        "sparsity_warmup_steps": 5,
+        "norm_tokens": 1024,
+        "checkpoint_every": 0,
+        "log_every": 5,
+        "device": "cpu",
+    }
+    return TrainConfig(**{**base, **overrides})
