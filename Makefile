@@ -1,0 +1,37 @@
+# Everyday chores. CI runs `.ci/run`, which is the README's test command.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-fast lint fmt typecheck bench clean
+
+$(VENV)/bin/jumpscope:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install torch==2.13.0 -e '.[dev]'
+
+setup: $(VENV)/bin/jumpscope  ## create .venv with the CPU torch wheel and dev tools
+
+demo: setup  ## run the main job
+	$(VENV)/bin/jumpscope demo
+
+test: setup  ## the whole suite, as CI runs it
+	$(VENV)/bin/pytest
+
+test-fast: setup  ## skip the slow real-model and multi-process tests
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+bench: setup  ## speed figures (by hand, not in CI)
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache runs
