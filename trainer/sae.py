@@ -79,6 +79,8 @@ class SAE(nn.Module):
 
     extra_tensors: tuple[str, ...] = ()
     """Names of architecture-specific tensors saved beside the five standard ones."""
+    tokens_since_fired: Tensor
+    """(d_sae,) buffer: tokens since each latent last fired (dead latents; AuxK for topk)."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
