@@ -29,6 +29,7 @@ from trainer.activations import ActivationSource, ShuffleBuffer, batches, take_t
 from trainer.config import SAEConfig, TrainConfig, lr_at, sparsity_at, sparsity_coeff
 from trainer.distributed import DistContext, all_reduce_sum, barrier, setup, teardown
 from trainer.formats import SAEMetadata, atomic_write_bytes, atomic_write_text, save_native
+from trainer.malloc import keep_freed_memory
 from trainer.sae import SAE, StepOutput, TopKSAE, build_sae
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class Trainer:
         if resume and not (self.out_dir / CHECKPOINT).exists():
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out_dir}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.keep_freed_memory:
+            keep_freed_memory()
         torch.manual_seed(cfg.seed)
         sae = build_sae(self.sae_cfg).to(ctx.device)
         if isinstance(sae, TopKSAE):
