@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,3 +45,11 @@ def tiny_train_cfg(**overrides: Any) -> TrainConfig:
         "device": "cpu",
     }
     return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a tiny random Gemma 2 and its offline tokenizer (built once)."""
+    from tests.tiny_model import build_tiny_gemma2
+
+    return build_tiny_gemma2(tmp_path_factory.mktemp("tiny-gemma2"))

@@ -1,0 +1,85 @@
+"""Delta LM loss: next-token cross-entropy with the SAE's reconstruction spliced in, minus clean.
+
+Gemma Scope §3.3.2 (jumprelu.md §5). The reconstruction replaces the site's activation at
+every position except BOS and padding (BOS is a large-norm outlier that the SAE never saw;
+its position stays clean, as recommended there). The loss is averaged over the positions t
+whose input token t and target token t+1 are both ordinary tokens: predictions from or of
+BOS, EOS and pad are excluded, the same masking as every other metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from trainer.sites import splice
+
+
+@dataclass
+class LMLossResult:
+    """Mean next-token cross-entropy (nats per token) clean and with the SAE spliced in."""
+
+    clean_loss: float
+    spliced_loss: float
+    delta_lm_loss: float
+    tokens: int
+    """Predictions counted."""
+
+
+def _token_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, T) -> (B, T-1) cross-entropy of predicting token t+1 at position t."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
+    return nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none"
+    ).view(input_ids.shape[0], -1)
+
+
+@torch.no_grad()
+def delta_lm_loss(
+    model: nn.Module,
+    reconstruct: Callable[[Tensor], Tensor],
+    layer: int,
+    site: str,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> LMLossResult:
+    """Delta LM loss over batches of (input_ids, attention_mask, special) tensors, each (B, T).
+
+    `reconstruct` maps activations (N, d_in) to reconstructions (N, d_in) in raw units,
+    e.g. `lambda a: sae(a)` for an inference-form SAE.
+    """
+    device = next(model.parameters()).device
+    clean_sum = spliced_sum = 0.0
+    counted = 0
+    bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, disable=not progress, desc="delta LM loss")
+    for input_ids, attention_mask, special in batches:
+        input_ids, attention_mask, special = input_ids.to(device), attention_mask.to(device), special.to(device)
+        bos = model.config.get_text_config().bos_token_id
+        splice_at = attention_mask.bool() & (input_ids != bos)  # (B, T): everything but BOS and padding
+
+        def replace(act: Tensor, splice_at: Tensor = splice_at) -> Tensor:
+            out = act.clone()  # (B, T, d_in)
+            out[splice_at] = reconstruct(act[splice_at].float()).to(act.dtype)
+            return out
+
+        keep = ~special[:, :-1] & ~special[:, 1:] & attention_mask[:, 1:].bool()  # (B, T-1)
+        clean = _token_losses(model, input_ids, attention_mask)
+        with splice(model, layer, site, replace):
+            spliced = _token_losses(model, input_ids, attention_mask)
+        clean_sum += float(clean[keep].double().sum())
+        spliced_sum += float(spliced[keep].double().sum())
+        n = int(keep.sum())
+        counted += n
+        bar.update(n)
+        if max_tokens is not None and counted >= max_tokens:
+            break
+    bar.close()
+    if counted == 0:
+        raise ValueError("no tokens to evaluate the LM loss on")
+    clean_loss, spliced_loss = clean_sum / counted, spliced_sum / counted
+    return LMLossResult(clean_loss, spliced_loss, spliced_loss - clean_loss, counted)
