@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
@@ -16,7 +17,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from trainer.activations import ActivationSource
-    from trainer.evaluate import EvalResult
+    from trainer.formats import SAEMetadata
+    from trainer.lm_source import LMActivationSource
 
 app = typer.Typer(
     name="jumpscope",
@@ -71,11 +73,75 @@ def _synthetic_source(d_in: int, features: int, l0: float, seed: int) -> Activat
     return SyntheticSource(SyntheticSpec(d_in=d_in, n_features=features, active_per_token=l0, seed=seed))
 
 
+def lm_source(
+    model: str,
+    layer: int | None,
+    site: str,
+    dataset: str | None,
+    text_column: str,
+    split: str,
+    context_size: int | None,
+    model_batch: int,
+    device: str,
+    max_tokens: int | None = None,
+) -> LMActivationSource:
+    """Load a model and build its live activation source (errors are ValueErrors naming the problem)."""
+    from trainer.distributed import resolve_device
+    from trainer.lm_source import LMActivationSource, LMSourceConfig
+    from trainer.models import load_model
+    from trainer.text import default_context_size
+
+    torch_device = resolve_device(device)
+    loaded = load_model(model, device=torch_device)
+    cfg = LMSourceConfig(
+        layer=loaded.n_layers // 2 if layer is None else layer,
+        site=site,
+        dataset=dataset,
+        text_column=text_column,
+        split=split,
+        context_size=context_size or default_context_size(torch_device),
+        batch_sequences=model_batch,
+        max_tokens=max_tokens,
+    )
+    return LMActivationSource(loaded, cfg)
+
+
+def lm_metadata(source: LMActivationSource) -> SAEMetadata:
+    """cfg.json fields of an SAE trained on a live model source."""
+    from trainer.formats import SAEMetadata
+
+    cfg = source.cfg
+    return SAEMetadata(
+        model=source.loaded.name,
+        layer=cfg.layer,
+        site=cfg.site,
+        dataset=cfg.dataset or "packaged",
+        context_size=cfg.context_size,
+        prepend_bos=True,
+        extra={"text_column": cfg.text_column},
+    )
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", help="Output folder: the native SAE, metrics.jsonl, checkpoint.pt.")],
     activations: Annotated[Path | None, typer.Option(help="Train from cached activation shards in DIR.")] = None,
     synthetic: Annotated[bool, typer.Option(help="Train on synthetic data with a known sparse dictionary.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Stream live activations of this model: 'gemma3-270m', a local folder or a hub id."),
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="--model: decoder layer (default: the middle one).")] = None,
+    site: Annotated[str, typer.Option(help="--model: resid, mlp or attn.")] = "resid",
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="--model: HF dataset, local text/jsonl/parquet file or folder (default: packaged)."),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="--model: the dataset column holding the text.")] = "text",
+    context_size: Annotated[
+        int | None, typer.Option(help="--model: tokens per sequence (default 128 CPU, 1024 GPU).")
+    ] = None,
+    model_batch: Annotated[int, typer.Option(help="--model: sequences per forward pass.")] = 8,
     synthetic_d_in: Annotated[int, typer.Option(help="Synthetic data: width d_in.")] = 64,
     synthetic_features: Annotated[int, typer.Option(help="Synthetic data: true dictionary size.")] = 256,
     synthetic_l0: Annotated[float, typer.Option(help="Synthetic data: true features active per token.")] = 4.0,
@@ -101,7 +167,9 @@ def train(
         int | None, typer.Option(help="Linear lambda warm-up steps (paper: 10000).")
     ] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Clip gradient norm (deviation; paper: none).")] = None,
-    shuffle_buffer: Annotated[int, typer.Option(help="Tokens in the shuffle buffer (0 = none).")] = 0,
+    shuffle_buffer: Annotated[
+        int, typer.Option(help="Tokens in the shuffle buffer (0 = none; --model uses 262,144 unless set).")
+    ] = 0,
     no_normalize: Annotated[
         bool, typer.Option("--no-normalize", help="Do not scale inputs to unit mean squared norm.")
     ] = False,
@@ -122,8 +190,8 @@ def train(
     from trainer.formats import SAEMetadata
     from trainer.train import Trainer, TrainingInterrupted
 
-    if (activations is None) == (not synthetic):
-        raise fail("give exactly one activation source: --activations DIR or --synthetic")
+    if sum([activations is not None, synthetic, model is not None]) != 1:
+        raise fail("give exactly one activation source: --activations DIR, --model NAME or --synthetic")
     if arch is Arch.jumprelu and l1_coeff is not None:
         raise fail("--l1-coeff is for --arch relu or gated; JumpReLU takes --l0-coeff")
     if arch in (Arch.relu, Arch.gated) and l0_coeff is not None:
@@ -142,6 +210,12 @@ def train(
                 context_size=shards.meta.get("context_size"),
                 prepend_bos=bool(shards.meta.get("prepend_bos", True)),
             )
+        elif model is not None:
+            lm = lm_source(model, layer, site, dataset, text_column, "train", context_size, model_batch, device.value)
+            source, meta = lm, lm_metadata(lm)
+            lm.cfg.loop = True
+            if shuffle_buffer == 0:  # consecutive tokens of one document are strongly correlated
+                shuffle_buffer = 262_144
         else:
             source = _synthetic_source(synthetic_d_in, synthetic_features, synthetic_l0, seed)
             meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(source.spec)})  # type: ignore[attr-defined]
@@ -189,25 +263,14 @@ def train(
     except TrainingInterrupted:
         console.print(f"interrupted: checkpoint written; continue with --resume --out {out}")
         raise typer.Exit(code=130) from None
-    except (ValueError, FileNotFoundError, ActivationError) as err:
+    except (ValueError, FileNotFoundError, ActivationError, OSError) as err:
         raise fail(str(err)) from None
     console.print(f"saved {result.sae.cfg.architecture} SAE ({result.steps} steps) to {result.out_dir}")
 
 
-def _eval_source(folder: Path, activations: Path | None, meta_extra: dict[str, Any]) -> ActivationSource:
-    from trainer.activations import ShardSource, SyntheticSource, SyntheticSpec
-
-    if activations is not None:
-        return ShardSource(activations)
-    if "synthetic" in meta_extra:
-        # Held out: the same dictionary, a different token stream.
-        return SyntheticSource(SyntheticSpec(**meta_extra["synthetic"])).held_out()
-    raise ValueError(f"{folder} was not trained on synthetic data: give held-out --activations DIR")
-
-
-def print_metrics(result: EvalResult, title: str) -> None:
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
     table = Table(title=title, show_header=False)
-    for key, value in asdict(result).items():
+    for key, value in metrics.items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     Console().print(table)
 
@@ -215,36 +278,116 @@ def print_metrics(result: EvalResult, title: str) -> None:
 @app.command("eval")
 def eval_(
     sae_dir: Annotated[Path, typer.Argument(help="A native SAE folder.", metavar="DIR")],
-    activations: Annotated[
-        Path | None, typer.Option(help="Held-out activation shards (default: the SAE's held-out synthetic stream).")
+    activations: Annotated[Path | None, typer.Option(help="Held-out activation shards instead of live text.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model for live activations and delta LM loss (default: the SAE's own).")
     ] = None,
-    tokens: Annotated[int, typer.Option(help="Tokens to evaluate on.")] = 1_000_000,
-    batch_size: Annotated[int, typer.Option(help="Tokens per batch.")] = 4096,
+    dataset: Annotated[
+        str | None, typer.Option(help="Text to evaluate on (default: the SAE's, held-out split).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Dataset split for live evaluation.")] = "heldout",
+    tokens: Annotated[int, typer.Option(help="Tokens for l0, fvu and the firing statistics.")] = 200_000,
+    lm_tokens: Annotated[int, typer.Option(help="Predictions for delta LM loss (0 = skip it).")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="Tokens per SAE batch.")] = 4096,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
-    """Print the metrics of one SAE: l0, fvu, mse, dead and dense fractions."""
-    from trainer.activations import ActivationError
+    """Print an SAE's metrics: l0, fvu, mse, dead and dense fractions, delta_lm_loss, tokens."""
+    from trainer.activations import ActivationError, ShardSource, SyntheticSource, SyntheticSpec
     from trainer.distributed import resolve_device
     from trainer.evaluate import evaluate
     from trainer.formats import SAEFormatError, load_native
+    from trainer.lm_eval import delta_lm_loss
+    from trainer.lm_source import lm_batches
 
+    progress = sys.stderr.isatty()
     try:
         loaded = load_native(sae_dir)
-        source = _eval_source(sae_dir, activations, loaded.meta.extra)
+        meta = loaded.meta
+        source: ActivationSource
+        lm = None
+        model_name = model or meta.model
+        if model_name is not None and (meta.layer is None or meta.site is None):
+            raise ValueError(f"{sae_dir}/cfg.json names no layer and site: it cannot be evaluated on a model")
+        if model_name is not None:
+            data = dataset or (None if meta.dataset in (None, "packaged") else meta.dataset)
+            text_column = str(meta.extra.get("text_column", "text"))
+            context = meta.context_size
+            lm = lm_source(
+                model_name, meta.layer, meta.site or "resid", data, text_column, split, context, 8, device.value
+            )
+        if activations is not None:
+            source = ShardSource(activations)
+        elif lm is not None:
+            source = lm
+        elif "synthetic" in meta.extra:  # held out: the same dictionary, another token stream
+            source = SyntheticSource(SyntheticSpec(**meta.extra["synthetic"])).held_out()
+        else:
+            raise ValueError(f"{sae_dir} names no model: give --model NAME or held-out --activations DIR")
         if source.d_in != loaded.sae.cfg.d_in:
             raise ValueError(
                 f"d_in mismatch: the activations are {source.d_in} wide, the SAE expects {loaded.sae.cfg.d_in}"
             )
-        result = evaluate(
-            loaded.sae, source, tokens, batch_size, resolve_device(device.value), progress=sys.stderr.isatty()
-        )
-    except (ValueError, ActivationError, SAEFormatError) as err:
+        torch_device = resolve_device(device.value)
+        metrics: dict[str, Any] = asdict(evaluate(loaded.sae, source, tokens, batch_size, torch_device, progress))
+        if lm is not None and lm_tokens > 0:
+            sae = loaded.sae.to(torch_device)
+            result = delta_lm_loss(
+                lm.loaded.model, sae, lm.cfg.layer, lm.cfg.site, lm_batches(lm), lm_tokens, progress=progress
+            )
+            metrics |= {"delta_lm_loss": result.delta_lm_loss, "clean_lm_loss": result.clean_loss,
+                        "spliced_lm_loss": result.spliced_loss, "lm_tokens": result.tokens}  # fmt: skip
+    except (ValueError, ActivationError, SAEFormatError, OSError) as err:
         raise fail(str(err)) from None
     if as_json:
-        typer.echo(json.dumps(asdict(result)))
+        typer.echo(json.dumps(metrics))
     else:
-        print_metrics(result, f"{sae_dir}")
+        print_metrics(metrics, f"{sae_dir}")
+
+
+@app.command()
+def cache(
+    out: Annotated[Path, typer.Option("--out", help="New folder for the activation shards.")],
+    model: Annotated[
+        str, typer.Option(help="'gemma3-270m' (packaged), a local model folder or a hub id.")
+    ] = "gemma3-270m",
+    layer: Annotated[int | None, typer.Option(help="Decoder layer (default: the middle one).")] = None,
+    site: Annotated[str, typer.Option(help="resid, mlp or attn.")] = "resid",
+    dataset: Annotated[str | None, typer.Option(help="HF dataset, local text/jsonl/parquet file or folder.")] = None,
+    text_column: Annotated[str, typer.Option(help="The dataset column holding the text.")] = "text",
+    split: Annotated[str, typer.Option(help="Dataset split (packaged corpus: train or heldout).")] = "train",
+    context_size: Annotated[int | None, typer.Option(help="Tokens per sequence (default 128 CPU, 1024 GPU).")] = None,
+    tokens: Annotated[int, typer.Option(help="Activations to write (special tokens excluded).")] = 1_000_000,
+    model_batch: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    shard_tokens: Annotated[int, typer.Option(help="Activations per shard file.")] = 262_144,
+    bf16: Annotated[bool, typer.Option(help="Store bfloat16 instead of float32.")] = False,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+) -> None:
+    """Run a model over a dataset once and write activation shards for many SAEs to train on."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from trainer.activations import ActivationError, write_shards
+
+    if out.exists():
+        raise fail(f"{out} already exists; remove it or choose another --out")
+    try:
+        lm = lm_source(model, layer, site, dataset, text_column, split, context_size, model_batch, device.value, tokens)
+        meta = {k: v for k, v in asdict(lm_metadata(lm)).items() if k not in ("extra", "normalization_scale")}
+        meta |= {"tokens_trained": None, "text_column": text_column, "split": split}
+        bar = tqdm(total=tokens, unit="tok", unit_scale=True, desc=f"cache {lm.loaded.name} L{lm.cfg.layer} {site}")
+
+        def counted(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+            for chunk in chunks:
+                bar.update(chunk.shape[0])
+                yield chunk
+
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        n = write_shards(out, counted(iter(lm)), meta, shard_tokens=shard_tokens, dtype=dtype)
+        bar.close()
+    except (ValueError, ActivationError, OSError) as err:
+        raise fail(str(err)) from None
+    console.print(f"wrote {n:,} activations of width {lm.d_in} to {out}")
 
 
 @app.command()
@@ -286,7 +429,7 @@ def demo(
         console.print(f"using the trained SAE cached in {out} (--retrain to train again)")
     sae = load_native(out).sae
     result = evaluate(sae, source.held_out(), 262_144)
-    print_metrics(result, f"demo SAE ({out}) on held-out synthetic tokens")
+    print_metrics(asdict(result), f"demo SAE ({out}) on held-out synthetic tokens")
     cos = torch.nn.functional.normalize(sae.W_dec, dim=1) @ source.dictionary.T  # (d_sae, n_true)
     Console().print(
         f"mean best cosine of the {spec.n_features} true directions: "

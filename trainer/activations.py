@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -207,25 +208,34 @@ def write_shards(
     pending: list[Tensor] = []
     pending_n = index = total = 0
 
-    def flush() -> None:
-        nonlocal pending, pending_n, index
-        if pending_n:
-            data = torch.cat(pending).to(dtype).contiguous()
-            save_file({SHARD_TENSOR: data}, str(tmp / f"shard_{index:05d}.safetensors"))
-            index += 1
-        pending, pending_n = [], 0
+    def write(data: Tensor) -> None:
+        nonlocal index
+        save_file({SHARD_TENSOR: data.to(dtype).contiguous()}, str(tmp / f"shard_{index:05d}.safetensors"))
+        index += 1
 
-    for chunk in chunks:
-        pending.append(chunk)
-        pending_n += chunk.shape[0]
-        total += chunk.shape[0]
-        if pending_n >= shard_tokens:
-            flush()
-    flush()
-    (tmp / "meta.json").write_text(json.dumps({**meta, "n_tokens": total}, indent=2))
-    if folder.exists():
-        raise ActivationError(f"{folder} already exists; remove it or choose another folder")
-    os.replace(tmp, folder)
+    try:
+        for chunk in chunks:
+            pending.append(chunk)
+            pending_n += chunk.shape[0]
+            total += chunk.shape[0]
+            if pending_n >= shard_tokens:  # cut exactly shard_tokens per file
+                joined = torch.cat(pending)
+                full = (joined.shape[0] // shard_tokens) * shard_tokens
+                for part in joined[:full].split(shard_tokens):
+                    write(part)
+                rest = joined[full:]
+                pending, pending_n = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+        if pending_n:
+            write(torch.cat(pending))
+        if total == 0:
+            raise ActivationError("no activations to write: the source yielded no tokens")
+        (tmp / "meta.json").write_text(json.dumps({**meta, "n_tokens": total}, indent=2))
+        if folder.exists():
+            raise ActivationError(f"{folder} already exists; remove it or choose another folder")
+        os.replace(tmp, folder)
+    except BaseException:  # Ctrl-C included: leave no partial folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return total
 
 

@@ -39,6 +39,8 @@ class LMSourceConfig:
     """Sequences per forward pass."""
     max_tokens: int | None = None
     """Stop after this many (non-special) activations; None = until the data runs out."""
+    loop: bool = False
+    """Start the dataset over when it runs out (for training longer than one epoch)."""
 
 
 class LMActivationSource:
@@ -66,17 +68,23 @@ class LMActivationSource:
 
     def __iter__(self) -> Iterator[Tensor]:
         produced = 0
+        while True:
+            for chunk in self._one_pass():
+                if self.cfg.max_tokens is not None:
+                    chunk = chunk[: self.cfg.max_tokens - produced]
+                produced += chunk.shape[0]
+                if chunk.shape[0]:
+                    yield chunk
+                if self.cfg.max_tokens is not None and produced >= self.cfg.max_tokens:
+                    return
+            if not self.cfg.loop or produced == 0:
+                return
+
+    def _one_pass(self) -> Iterator[Tensor]:
         for batch in self.packed_batches():
             acts = self.activations(batch)  # (B, T, d_in)
             keep = ~batch.special.to(acts.device)  # (B, T): drop BOS / EOS / pad
-            chunk = acts[keep].float()  # (n, d_in)
-            if self.cfg.max_tokens is not None:
-                chunk = chunk[: self.cfg.max_tokens - produced]
-            produced += chunk.shape[0]
-            if chunk.shape[0]:
-                yield chunk
-            if self.cfg.max_tokens is not None and produced >= self.cfg.max_tokens:
-                return
+            yield acts[keep].float()  # (n, d_in)
 
 
 def lm_batches(source: LMActivationSource) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
