@@ -9,6 +9,7 @@ head_dim 32 so that the attention site (4 x 32 = 128) is wider than d_model (64)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -43,8 +44,9 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_gemma2_config(vocab_size: int = 512) -> Gemma2Config:
-    return Gemma2Config(
+def tiny_gemma2_config(vocab_size: int = 512, **overrides: Any) -> Gemma2Config:
+    """The test model's config; overrides replace single fields."""
+    fields: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=256,
@@ -62,6 +64,7 @@ def tiny_gemma2_config(vocab_size: int = 512) -> Gemma2Config:
         bos_token_id=2,
         attn_implementation="eager",
     )
+    return Gemma2Config(**{**fields, **overrides})
 
 
 def build_tiny_gemma2(folder: Path, seed: int = 0, train_steps: int = 150) -> Path:

@@ -24,7 +24,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from tests.tiny_model import build_tokenizer
+from tests.tiny_model import build_tokenizer, tiny_gemma2_config
 from trainer import models
 from trainer.models import (
     DEFAULT_MODEL,
@@ -128,23 +128,8 @@ def test_tiny_gemma2_loads_eager_fp32_eval_without_grad(tiny_model_dir: Path) ->
 
 def test_tiny_gemma2_regression_value_through_load_model(tmp_path: Path) -> None:
     """jumprelu.md §10: seed 0 just before building, ids [2, 5, 6, 7, 8, 9] -> loss 4.9331."""
-    cfg = Gemma2Config(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        max_position_embeddings=256,
-        sliding_window=32,
-        attn_logit_softcapping=50.0,
-        final_logit_softcapping=30.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        attn_implementation="eager",
+    cfg = tiny_gemma2_config(
+        vocab_size=128, intermediate_size=128, num_hidden_layers=2, head_dim=16, query_pre_attn_scalar=16
     )
     torch.manual_seed(0)
     folder = _save(tmp_path / "regression", Gemma2ForCausalLM(cfg), build_tokenizer())
