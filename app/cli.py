@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
@@ -15,10 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.stages import evaluate_sae_dir, lm_metadata, lm_source, write_activation_cache
+
 if TYPE_CHECKING:
     from trainer.activations import ActivationSource
-    from trainer.formats import SAEMetadata
-    from trainer.lm_source import LMActivationSource
+
 
 app = typer.Typer(
     name="jumpscope",
@@ -47,6 +47,11 @@ class Recipe(StrEnum):
     short = "short"
 
 
+class BDecInit(StrEnum):
+    zeros = "zeros"
+    mean = "mean"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -71,55 +76,6 @@ def _synthetic_source(d_in: int, features: int, l0: float, seed: int) -> Activat
     from trainer.activations import SyntheticSource, SyntheticSpec
 
     return SyntheticSource(SyntheticSpec(d_in=d_in, n_features=features, active_per_token=l0, seed=seed))
-
-
-def lm_source(
-    model: str,
-    layer: int | None,
-    site: str,
-    dataset: str | None,
-    text_column: str,
-    split: str,
-    context_size: int | None,
-    model_batch: int,
-    device: str,
-    max_tokens: int | None = None,
-) -> LMActivationSource:
-    """Load a model and build its live activation source (errors are ValueErrors naming the problem)."""
-    from trainer.distributed import resolve_device
-    from trainer.lm_source import LMActivationSource, LMSourceConfig
-    from trainer.models import load_model
-    from trainer.text import default_context_size
-
-    torch_device = resolve_device(device)
-    loaded = load_model(model, device=torch_device)
-    cfg = LMSourceConfig(
-        layer=loaded.n_layers // 2 if layer is None else layer,
-        site=site,
-        dataset=dataset,
-        text_column=text_column,
-        split=split,
-        context_size=context_size or default_context_size(torch_device),
-        batch_sequences=model_batch,
-        max_tokens=max_tokens,
-    )
-    return LMActivationSource(loaded, cfg)
-
-
-def lm_metadata(source: LMActivationSource) -> SAEMetadata:
-    """cfg.json fields of an SAE trained on a live model source."""
-    from trainer.formats import SAEMetadata
-
-    cfg = source.cfg
-    return SAEMetadata(
-        model=source.loaded.name,
-        layer=cfg.layer,
-        site=cfg.site,
-        dataset=cfg.dataset or "packaged",
-        context_size=cfg.context_size,
-        prepend_bos=True,
-        extra={"text_column": cfg.text_column},
-    )
 
 
 @app.command()
@@ -167,6 +123,9 @@ def train(
         int | None, typer.Option(help="Linear lambda warm-up steps (paper: 10000).")
     ] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Clip gradient norm (deviation; paper: none).")] = None,
+    b_dec_init: Annotated[
+        BDecInit | None, typer.Option(help="Start b_dec at zeros (paper) or the data mean (default: from --recipe).")
+    ] = None,
     shuffle_buffer: Annotated[
         int, typer.Option(help="Tokens in the shuffle buffer (0 = none; --model uses 262,144 unless set).")
     ] = 0,
@@ -234,6 +193,9 @@ def train(
             **sae_kwargs,
         )
         train_kwargs: dict[str, Any] = {}
+        if b_dec_init is not None:
+            train_kwargs["b_dec_init"] = b_dec_init.value
+            explicit.add("b_dec_init")
         for name, value in (
             ("lr", lr),
             ("lr_warmup_steps", lr_warmup_steps),
@@ -293,50 +255,14 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Print an SAE's metrics: l0, fvu, mse, dead and dense fractions, delta_lm_loss, tokens."""
-    from trainer.activations import ActivationError, ShardSource, SyntheticSource, SyntheticSpec
-    from trainer.distributed import resolve_device
-    from trainer.evaluate import evaluate
-    from trainer.formats import SAEFormatError, load_native
-    from trainer.lm_eval import delta_lm_loss
-    from trainer.lm_source import lm_batches
+    from trainer.activations import ActivationError
+    from trainer.formats import SAEFormatError
 
-    progress = sys.stderr.isatty()
     try:
-        loaded = load_native(sae_dir)
-        meta = loaded.meta
-        source: ActivationSource
-        lm = None
-        model_name = model or meta.model
-        if model_name is not None and (meta.layer is None or meta.site is None):
-            raise ValueError(f"{sae_dir}/cfg.json names no layer and site: it cannot be evaluated on a model")
-        if model_name is not None:
-            data = dataset or (None if meta.dataset in (None, "packaged") else meta.dataset)
-            text_column = str(meta.extra.get("text_column", "text"))
-            context = meta.context_size
-            lm = lm_source(
-                model_name, meta.layer, meta.site or "resid", data, text_column, split, context, 8, device.value
-            )
-        if activations is not None:
-            source = ShardSource(activations)
-        elif lm is not None:
-            source = lm
-        elif "synthetic" in meta.extra:  # held out: the same dictionary, another token stream
-            source = SyntheticSource(SyntheticSpec(**meta.extra["synthetic"])).held_out()
-        else:
-            raise ValueError(f"{sae_dir} names no model: give --model NAME or held-out --activations DIR")
-        if source.d_in != loaded.sae.cfg.d_in:
-            raise ValueError(
-                f"d_in mismatch: the activations are {source.d_in} wide, the SAE expects {loaded.sae.cfg.d_in}"
-            )
-        torch_device = resolve_device(device.value)
-        metrics: dict[str, Any] = asdict(evaluate(loaded.sae, source, tokens, batch_size, torch_device, progress))
-        if lm is not None and lm_tokens > 0:
-            sae = loaded.sae.to(torch_device)
-            result = delta_lm_loss(
-                lm.loaded.model, sae, lm.cfg.layer, lm.cfg.site, lm_batches(lm), lm_tokens, progress=progress
-            )
-            metrics |= {"delta_lm_loss": result.delta_lm_loss, "clean_lm_loss": result.clean_loss,
-                        "spliced_lm_loss": result.spliced_loss, "lm_tokens": result.tokens}  # fmt: skip
+        metrics = evaluate_sae_dir(
+            sae_dir, activations=activations, model=model, dataset=dataset, split=split, tokens=tokens,
+            lm_tokens=lm_tokens, batch_size=batch_size, device=device.value, progress=sys.stderr.isatty(),
+        )  # fmt: skip
     except (ValueError, ActivationError, SAEFormatError, OSError) as err:
         raise fail(str(err)) from None
     if as_json:
@@ -364,27 +290,13 @@ def cache(
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
 ) -> None:
     """Run a model over a dataset once and write activation shards for many SAEs to train on."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from trainer.activations import ActivationError, write_shards
+    from trainer.activations import ActivationError
 
     if out.exists():
         raise fail(f"{out} already exists; remove it or choose another --out")
     try:
         lm = lm_source(model, layer, site, dataset, text_column, split, context_size, model_batch, device.value, tokens)
-        meta = {k: v for k, v in asdict(lm_metadata(lm)).items() if k not in ("extra", "normalization_scale")}
-        meta |= {"tokens_trained": None, "text_column": text_column, "split": split}
-        bar = tqdm(total=tokens, unit="tok", unit_scale=True, desc=f"cache {lm.loaded.name} L{lm.cfg.layer} {site}")
-
-        def counted(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-            for chunk in chunks:
-                bar.update(chunk.shape[0])
-                yield chunk
-
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        n = write_shards(out, counted(iter(lm)), meta, shard_tokens=shard_tokens, dtype=dtype)
-        bar.close()
+        n = write_activation_cache(lm, out, shard_tokens=shard_tokens, bf16=bf16)
     except (ValueError, ActivationError, OSError) as err:
         raise fail(str(err)) from None
     console.print(f"wrote {n:,} activations of width {lm.d_in} to {out}")

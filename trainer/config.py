@@ -92,6 +92,10 @@ class TrainConfig:
     """Scale inputs to unit mean squared norm; the scale is folded back into the saved SAE."""
     norm_tokens: int = 409_600
     """Tokens used to estimate the normalisation scale C (DL uses 100 batches)."""
+    b_dec_init: Literal["zeros", "mean"] | None = None
+    """Deviation for short runs: start b_dec at the data mean. None = the architecture's paper:
+    zeros (JumpReLU, ReLU, Gated), mean (TopK). Residual streams carry a large constant
+    component that Adam needs thousands of steps to move a zero b_dec onto."""
     shuffle_buffer: int = 0
     """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data)."""
     seed: int = 0
@@ -149,7 +153,7 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
 
     The paper's recipe is tuned for millions of steps; in a few thousand steps log(theta)
     under Adam cannot climb from 0.001, so the short recipe trains raw theta, raises the
-    learning rate and scales both warm-ups to the run length.
+    learning rate, scales both warm-ups to the run length and starts b_dec at the data mean.
     """
     if train.recipe != "short":
         return
@@ -164,6 +168,8 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
         train.sparsity_warmup_steps = max(1, steps // 5)
     if "lr_decay_steps" not in explicit:
         train.lr_decay_steps = steps // 5
+    if "b_dec_init" not in explicit:
+        train.b_dec_init = "mean"
     if "dead_tokens" not in explicit:
         train.dead_tokens = min(train.dead_tokens, max(train.batch_size, train.tokens // 10))
 

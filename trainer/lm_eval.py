@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,9 +58,10 @@ def delta_lm_loss(
     clean_sum = spliced_sum = 0.0
     counted = 0
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, disable=not progress, desc="delta LM loss")
+    config: Any = model.config
+    bos = config.get_text_config().bos_token_id
     for input_ids, attention_mask, special in batches:
         input_ids, attention_mask, special = input_ids.to(device), attention_mask.to(device), special.to(device)
-        bos = model.config.get_text_config().bos_token_id
         splice_at = attention_mask.bool() & (input_ids != bos)  # (B, T): everything but BOS and padding
 
         def replace(act: Tensor, splice_at: Tensor = splice_at) -> Tensor:

@@ -41,7 +41,7 @@ def _hook_target(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, bo
     layers = decoder_layers(model)
     if not 0 <= layer < len(layers):
         raise SiteError(f"layer {layer} is out of range: the model has {len(layers)} layers (0-{len(layers) - 1})")
-    block = layers[layer]
+    block: Any = layers[layer]  # a model-specific decoder layer class
     if site == "resid":
         return block, False
     if site == "mlp":
@@ -60,7 +60,8 @@ def site_width(model: nn.Module, site: str) -> int:
     module, _ = _hook_target(model, 0, site)
     if site == "attn":
         return int(module.in_features)  # type: ignore[arg-type]
-    return int(model.config.get_text_config().hidden_size)
+    config: Any = model.config
+    return int(config.get_text_config().hidden_size)
 
 
 def _hidden(output: Any) -> Tensor:

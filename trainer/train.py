@@ -179,8 +179,8 @@ class Trainer:
             start = 0
             sample = take_tokens(self.source, cfg.norm_tokens)
             scale = estimate_scale(sample) if cfg.normalize else 1.0
-            if isinstance(sae, TopKSAE):
-                with torch.no_grad():  # Gao et al. start b_dec at the data's centre
+            if cfg.b_dec_init == "mean" or (cfg.b_dec_init is None and isinstance(sae, TopKSAE)):
+                with torch.no_grad():  # start b_dec at the data's centre (Gao et al. for TopK)
                     sae.b_dec.copy_((sample.mean(0) / scale).to(ctx.device))
             if ctx.is_main:
                 (self.out_dir / METRICS).unlink(missing_ok=True)

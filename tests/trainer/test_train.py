@@ -177,6 +177,22 @@ def test_paper_defaults_and_the_short_recipe() -> None:
     assert sae.threshold_param == "raw"
     assert short.lr == 3e-4  # what the user set explicitly survives the recipe
     assert short.lr_warmup_steps == 50 and short.sparsity_warmup_steps == 200
+    assert short.b_dec_init == "mean" and TrainConfig().b_dec_init is None  # None: the architecture's paper
+
+
+def test_b_dec_starts_at_the_data_mean_when_asked(tmp_path: Path) -> None:
+    seen: dict[str, torch.Tensor] = {}
+
+    def first_step(step: int, sae: object) -> None:
+        if step == 1:
+            seen["b_dec"] = sae.b_dec.detach().clone()  # type: ignore[attr-defined]
+
+    source = TensorSource(torch.randn(4096, 16) + 5.0, loop=True)
+    cfg = tiny_train_cfg(b_dec_init="mean", tokens=256, lr=1e-9)
+    result = Trainer(tiny_sae_cfg(), cfg, source, tmp_path, progress=False, on_step=first_step).fit()
+    centre = torch.full((16,), 5.0) / result.scale
+    # the sample mean of 1,024 tokens: within 5 standard errors of the true centre
+    torch.testing.assert_close(seen["b_dec"], centre, atol=5 / 32 / result.scale, rtol=0)
 
 
 def test_d_in_mismatch_between_data_and_sae_is_refused(tmp_path: Path) -> None:
