@@ -30,6 +30,10 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+# Tuned on the packaged Gemma 3 270M, layer 9 resid, width 4096, short recipe (see README).
+DEMO_L0_COEFF = 3e-4
+
+
 class Arch(StrEnum):
     jumprelu = "jumprelu"
     relu = "relu"
@@ -304,15 +308,77 @@ def cache(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Where the demo keeps its SAE.")] = Path("runs/demo"),
-    tokens: Annotated[int, typer.Option(help="Training tokens.")] = 8_192_000,
-    retrain: Annotated[bool, typer.Option(help="Train again even if a finished SAE is cached.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the demo keeps its stages (activations, SAE, eval).")] = Path(
+        "runs/demo"
+    ),
+    model: Annotated[str, typer.Option(help="Model: the packaged 'gemma3-270m', a local folder or a hub id.")] = (
+        "gemma3-270m"
+    ),
+    layer: Annotated[
+        int | None, typer.Option(help="Decoder layer (default: the middle one, 9 for Gemma 3 270M).")
+    ] = None,
+    cache_tokens: Annotated[int, typer.Option(help="Activations harvested once from the packaged corpus.")] = 600_000,
+    epochs: Annotated[float, typer.Option(help="Passes of SAE training over the cached activations.")] = 2.0,
+    width: Annotated[int, typer.Option(help="SAE width d_sae.")] = 4096,
+    l0_coeff: Annotated[float, typer.Option(help="JumpReLU lambda (short recipe).")] = DEMO_L0_COEFF,
+    retrain: Annotated[bool, typer.Option(help="Train and evaluate again even if finished stages are cached.")] = False,
+    synthetic: Annotated[bool, typer.Option(help="A 1-minute smoke run on synthetic data instead.")] = False,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
 ) -> None:
-    """The main job on embedded defaults: train a JumpReLU SAE and evaluate it.
+    """The main job on embedded defaults: a JumpReLU SAE on the packaged Gemma 3 270M, evaluated.
 
-    Until the language-model source lands this trains on synthetic activations with a
-    known dictionary, so it also reports how well the true directions were recovered.
+    Stages, each cached under OUT so a second run skips what is done: the model is converted
+    once into the user cache; residual-stream activations of the middle layer over the
+    packaged corpus are harvested into OUT/activations; a JumpReLU SAE (short recipe) trains
+    on them into OUT/sae (an interrupted run resumes from its checkpoint); it is evaluated on
+    held-out text (l0, fvu, dead/dense, delta LM loss) into OUT/sae/eval.json.
     """
+    from trainer.activations import ActivationError, ShardSource
+    from trainer.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.formats import NATIVE_WEIGHTS, SAEFormatError, SAEMetadata
+    from trainer.train import CHECKPOINT, Trainer, TrainingInterrupted
+
+    if synthetic:
+        _synthetic_demo(out)
+        return
+    acts, sae_dir = out / "activations", out / "sae"
+    eval_path = sae_dir / "eval.json"
+    try:
+        if not (acts / "meta.json").exists():
+            lm = lm_source(model, layer, "resid", None, "text", "train", None, 32, device.value, cache_tokens)
+            console.print(
+                f"stage 1/3: harvesting {cache_tokens:,} activations of {lm.loaded.name} layer {lm.cfg.layer}"
+            )
+            write_activation_cache(lm, acts, bf16=True)
+        shards = ShardSource(acts, loop=True)
+        if retrain or not (sae_dir / NATIVE_WEIGHTS).exists():
+            resume = (sae_dir / CHECKPOINT).exists() and not retrain
+            tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
+            console.print(f"stage 2/3: training a {width}-wide JumpReLU SAE on {tokens:,} tokens")
+            sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=width)
+            train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff, shuffle_buffer=262_144,
+                                    checkpoint_every=50, log_every=10, device=device.value)  # type: ignore[arg-type]  # fmt: skip
+            resolve_recipe(sae_cfg, train_cfg, set())
+            meta = SAEMetadata(model=shards.meta.get("model"), layer=shards.meta.get("layer"), site="resid",
+                               dataset="packaged", context_size=shards.meta.get("context_size"))  # fmt: skip
+            Trainer(sae_cfg, train_cfg, shards, sae_dir, meta).fit(resume=resume)
+            eval_path.unlink(missing_ok=True)
+        if not eval_path.exists():
+            console.print("stage 3/3: evaluating on held-out text")
+            metrics = evaluate_sae_dir(sae_dir, tokens=50_000, lm_tokens=4_000, device=device.value,
+                                       progress=sys.stderr.isatty())  # fmt: skip
+            eval_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        metrics = json.loads(eval_path.read_text())
+    except TrainingInterrupted:
+        console.print("interrupted: run `jumpscope demo` again to continue from the checkpoint")
+        raise typer.Exit(code=130) from None
+    except (ValueError, ActivationError, SAEFormatError, OSError) as err:
+        raise fail(str(err)) from None
+    print_metrics(metrics, f"demo SAE ({sae_dir}) on held-out text")
+
+
+def _synthetic_demo(out: Path) -> None:
+    """Train and evaluate a small JumpReLU SAE on synthetic data with a known dictionary."""
     import torch
 
     from trainer.activations import SyntheticSource, SyntheticSpec
@@ -321,27 +387,18 @@ def demo(
     from trainer.formats import NATIVE_WEIGHTS, SAEMetadata, load_native
     from trainer.train import Trainer
 
+    out = out / "synthetic"
     spec = SyntheticSpec()
     source = SyntheticSource(spec)
-    if retrain or not (out / NATIVE_WEIGHTS).exists():
+    if not (out / NATIVE_WEIGHTS).exists():
         sae_cfg = SAEConfig(d_in=spec.d_in, d_sae=512)
-        train_cfg = TrainConfig(
-            tokens=tokens,
-            batch_size=1024,
-            recipe="short",
-            sparsity_coeff=0.02,
-            checkpoint_every=1000,
-            log_every=50,
-            norm_tokens=65_536,
-        )
+        train_cfg = TrainConfig(tokens=8_192_000, batch_size=1024, recipe="short", sparsity_coeff=0.02,
+                                checkpoint_every=1000, log_every=50, norm_tokens=65_536)  # fmt: skip
         resolve_recipe(sae_cfg, train_cfg, set())
         meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(spec)})
         Trainer(sae_cfg, train_cfg, source, out, meta).fit()
-    else:
-        console.print(f"using the trained SAE cached in {out} (--retrain to train again)")
     sae = load_native(out).sae
-    result = evaluate(sae, source.held_out(), 262_144)
-    print_metrics(asdict(result), f"demo SAE ({out}) on held-out synthetic tokens")
+    print_metrics(asdict(evaluate(sae, source.held_out(), 262_144)), f"synthetic demo SAE ({out}), held-out tokens")
     cos = torch.nn.functional.normalize(sae.W_dec, dim=1) @ source.dictionary.T  # (d_sae, n_true)
     Console().print(
         f"mean best cosine of the {spec.n_features} true directions: "

@@ -75,3 +75,19 @@ def test_bad_model_layer_site_or_dataset_is_one_line_and_writes_nothing(
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert not (tmp_path / "acts").exists() and not (tmp_path / "sae" / "sae.safetensors").exists()
+
+
+def test_demo_runs_its_stages_once_and_a_second_run_reuses_them(tiny_model_dir: Path, tmp_path: Path) -> None:
+    args = ["demo", "--out", str(tmp_path / "demo"), "--model", str(tiny_model_dir), "--cache-tokens", "6000",
+            "--width", "64", "--epochs", "1", "--device", "cpu"]  # fmt: skip
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    assert "stage 1/3" in first.stderr and "stage 2/3" in first.stderr and "stage 3/3" in first.stderr
+    metrics = json.loads((tmp_path / "demo" / "sae" / "eval.json").read_text())
+    for key in ("l0", "fvu", "delta_lm_loss", "dead_fraction", "dense_fraction_1pct", "dense_fraction_10pct"):
+        assert key in metrics, key
+    assert "delta_lm_loss" in first.stdout
+    second = run(*args)
+    assert second.returncode == 0, second.stderr
+    assert "stage" not in second.stderr  # every stage was cached
+    assert "delta_lm_loss" in second.stdout
