@@ -31,7 +31,7 @@ console = Console(stderr=True)
 
 
 # Tuned on the packaged Gemma 3 270M, layer 9 resid, width 4096, short recipe (see README).
-DEMO_L0_COEFF = 3e-4
+DEMO_L0_COEFF = 2e-4
 
 
 class Arch(StrEnum):
