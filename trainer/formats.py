@@ -187,17 +187,22 @@ def read_native_cfg(folder: Path) -> dict[str, Any]:
     return dict(cfg)
 
 
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """All tensors of a safetensors file; SAEFormatError if it is missing or unreadable."""
+    if not path.is_file():
+        raise SAEFormatError(f"{path.parent}: no {path.name}")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise SAEFormatError(f"{path}: not a readable safetensors file ({err})") from err
+
+
 def load_native(folder: str | Path, device: str | torch.device = "cpu") -> LoadedSAE:
     """Load a native SAE folder, checking every tensor against cfg.json."""
     folder = Path(folder)
     cfg = read_native_cfg(folder)
     weights = folder / NATIVE_WEIGHTS
-    if not weights.exists():
-        raise SAEFormatError(f"{folder}: no {NATIVE_WEIGHTS}")
-    try:
-        tensors = load_file(str(weights))
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise SAEFormatError(f"{weights}: not a readable safetensors file ({err})") from err
+    tensors = read_safetensors(weights)
     sae_cfg = SAEConfig(
         d_in=int(cfg["d_in"]),
         d_sae=int(cfg["d_sae"]),
@@ -592,12 +597,7 @@ def load_saelens(folder: str | Path, *, device: str | torch.device = "cpu") -> L
     except (TypeError, ValueError) as err:
         raise SAEFormatError(f"{where}: invalid d_in / d_sae / k ({err})") from err
     weights = folder / SAELENS_WEIGHTS
-    if not weights.is_file():
-        raise SAEFormatError(f"{folder}: no {SAELENS_WEIGHTS}")
-    try:
-        tensors = load_file(str(weights))
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise SAEFormatError(f"{weights}: not a readable safetensors file ({err})") from err
+    tensors = read_safetensors(weights)
     if arch == "gated" and "b_gate" in tensors:
         tensors["b_enc"] = tensors.pop("b_gate")
     if arch == "jumprelu" and "log_threshold" in tensors and "threshold" not in tensors:

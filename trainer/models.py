@@ -28,20 +28,19 @@ import logging
 import math
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from trainer.distributed import resolve_device
 from trainer.formats import atomic_write_text
+from trainer.hub import hub_unreachable_reason
 
 log = logging.getLogger(__name__)
 
@@ -312,19 +311,8 @@ def _hub_offline() -> bool:
 
 
 def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
-    """One TCP connection to the hub endpoint (skipped behind a proxy, where it proves nothing)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    """One quick TCP connection to the hub endpoint (True behind a proxy, where it proves nothing)."""
+    return hub_unreachable_reason(timeout) is None
 
 
 def _not_loadable(name: str, source: str | Path, local_only: bool, exc: BaseException) -> ModelError:

@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
-import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from trainer.hub import hub_unreachable_reason
 
 DEFAULT_CONTEXT_SIZE_GPU = 1024
 """Tokens per sequence on a GPU (Gemma Scope trained on 1,024-token sequences)."""
@@ -176,25 +175,16 @@ def _load_local(path: Path) -> Any:
         raise DatasetError(f"could not read {path} as {builder} data ({_one_line(error)})") from error
 
 
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hub cannot be reached (no connection), or None when it may be.
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached, or None when it may be (or `datasets` is offline and says so itself).
 
     Without this, `datasets` retries for about half a minute on a machine without a network.
     """
     import datasets
-    from huggingface_hub import constants
 
     if datasets.config.HF_HUB_OFFLINE:
         return None  # `datasets` itself fails fast, naming offline mode
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a direct connection proves nothing behind a proxy
-    url = urlparse(constants.ENDPOINT)
-    host = url.hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
-            return None
-    except OSError as error:
-        return f"the Hub at {host} is unreachable: {_one_line(error)}"
+    return hub_unreachable_reason()
 
 
 def _load_hub(name: str, split: str) -> Any:
