@@ -1,5 +1,6 @@
 # Everyday chores. CI runs `.ci/run`, which is the README's test command.
 VENV ?= .venv
+export TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 PY := $(VENV)/bin/python
 
 .PHONY: setup demo test test-fast lint fmt typecheck bench clean

@@ -14,9 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.settings import Settings
 from app.stages import evaluate_sae_dir, lm_metadata, lm_source, write_activation_cache
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from trainer.activations import ActivationSource
 
 
@@ -27,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 # Tuned on the packaged Gemma 3 270M, layer 9 resid, width 4096, short recipe (see README).
@@ -232,6 +235,124 @@ def train(
     except (ValueError, FileNotFoundError, ActivationError, OSError) as err:
         raise fail(str(err)) from None
     console.print(f"saved {result.sae.cfg.architecture} SAE ({result.steps} steps) to {result.out_dir}")
+
+
+def _store(settings: Settings | None = None) -> Engine:
+    from app.db import StoreError, open_store
+
+    settings = settings or Settings()
+    try:
+        return open_store(settings.database_url)
+    except StoreError as err:
+        raise fail(str(err)) from None
+
+
+class Format(StrEnum):
+    auto = "auto"
+    native = "native"
+    gemmascope = "gemmascope"
+    saelens = "saelens"
+
+
+class ExportFormat(StrEnum):
+    native = "native"
+    gemmascope = "gemmascope"
+    saelens = "saelens"
+
+
+db_app = typer.Typer(help="Database schema: apply Alembic migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations to DATABASE_URL (or JUMPSCOPE_DATABASE_URL; default sqlite:///jumpscope.db)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import current_revision, engine_for, upgrade
+
+    url = Settings().database_url
+    try:
+        upgrade(url, revision)
+        now = current_revision(engine_for(url))
+    except (SQLAlchemyError, OSError) as err:
+        raise fail(f"cannot migrate {url}: {str(getattr(err, 'orig', err) or err).strip()}") from None
+    console.print(f"database {engine_for(url).url!r} is at revision {now}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's migration revision and the latest one."""
+    from app.db import current_revision, engine_for, head_revision
+
+    url = Settings().database_url
+    typer.echo(f"current: {current_revision(engine_for(url))}  head: {head_revision()}")
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="A native folder, a Gemma Scope params.npz or a SAELens folder.")],
+    format: Annotated[Format, typer.Option(help="Format of PATH (auto detects it).")] = Format.auto,
+    name: Annotated[str | None, typer.Option(help="URL-safe name (default: MODEL-lLAYER-SITE-WIDTH).")] = None,
+    model: Annotated[str | None, typer.Option(help="The SAE's model, where the file does not say.")] = None,
+    layer: Annotated[int | None, typer.Option(help="The SAE's layer, where the file does not say.")] = None,
+    site: Annotated[str | None, typer.Option(help="resid, mlp or attn, where the file does not say.")] = None,
+    metrics: Annotated[
+        Path | None, typer.Option(help="A JSON file of eval metrics (`jumpscope eval --json`) to store with it.")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Overwrite an SAE registered under the same name.")] = False,
+) -> None:
+    """Register an SAE in the database (its weights are kept as a native folder under the data dir)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import session_scope
+    from app.registry import RegistryError, import_sae, ratings_count
+    from trainer.formats import SAEFormatError
+
+    settings = Settings()
+    engine = _store(settings)
+    extra: dict[str, Any] | None = None
+    if metrics is not None:
+        try:
+            extra = json.loads(metrics.read_text())
+        except (OSError, ValueError) as err:
+            raise fail(f"--metrics {metrics}: {err}") from None
+    try:
+        with session_scope(engine) as session:
+            row, replaced = import_sae(
+                session, path, data_dir=settings.data_dir, format=format.value, name=name, model=model,
+                layer=layer, site=site, replace=replace, metrics=extra,
+            )  # fmt: skip
+            kept = ratings_count(session, row) if replaced else 0
+            summary = f"{row.name}: {row.architecture} {row.d_in}x{row.d_sae}, weights in {row.path}"
+    except (RegistryError, SAEFormatError, OSError) as err:
+        raise fail(str(err)) from None
+    except SQLAlchemyError as err:
+        raise fail(f"database error: {str(getattr(err, 'orig', err)).strip()}") from None
+    verb = "replaced" if replaced else "registered"
+    console.print(f"{verb} {summary}" + (f" ({kept} ratings kept, index dropped)" if replaced else ""))
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="A registered SAE.")],
+    out: Annotated[Path, typer.Argument(help="Folder (or .npz file for gemmascope) to write.")],
+    format: Annotated[ExportFormat, typer.Option(help="Output format.")] = ExportFormat.native,
+) -> None:
+    """Write a registered SAE as a native folder, a Gemma Scope params.npz or a SAELens folder."""
+    from app.db import session_scope
+    from app.registry import RegistryError, export_sae
+    from trainer.formats import SAEFormatError
+
+    engine = _store()
+    try:
+        with session_scope(engine) as session:
+            written = export_sae(session, name, out, format.value)
+    except (RegistryError, SAEFormatError, OSError) as err:
+        raise fail(str(err)) from None
+    console.print(f"wrote {name} as {format.value} to {written}")
 
 
 def print_metrics(metrics: dict[str, Any], title: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,46 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_model import build_tiny_gemma2
 
     return build_tiny_gemma2(tmp_path_factory.mktemp("tiny-gemma2"))
+
+
+def _postgres_url(schema: str) -> str:
+    """TEST_DATABASE_URL with every connection's search_path set to `schema`."""
+    from app.db import normalise_url
+
+    base = normalise_url(os.environ["TEST_DATABASE_URL"])
+    return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty database: a SQLite file, and (when TEST_DATABASE_URL is set) a fresh schema on that Postgres."""
+    from sqlalchemy import text
+
+    from app.db import dispose_all, make_engine
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        dispose_all()
+        return
+    if not os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("TEST_DATABASE_URL is not set (CI sets it to the local Postgres)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(os.environ["TEST_DATABASE_URL"])
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _postgres_url(schema)
+    finally:
+        dispose_all()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(db_url: str) -> Any:
+    """A migrated store: the engine for db_url."""
+    from app.db import engine_for, upgrade
+
+    upgrade(db_url)
+    return engine_for(db_url)
