@@ -444,6 +444,9 @@ def demo(
     l0_coeff: Annotated[float, typer.Option(help="JumpReLU lambda (short recipe).")] = DEMO_L0_COEFF,
     retrain: Annotated[bool, typer.Option(help="Train and evaluate again even if finished stages are cached.")] = False,
     synthetic: Annotated[bool, typer.Option(help="A 1-minute smoke run on synthetic data instead.")] = False,
+    tiny: Annotated[
+        bool, typer.Option(help="A 30-second smoke run on the tiny random Gemma 2 (OUT defaults to runs/demo-tiny).")
+    ] = False,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
 ) -> None:
     """The main job on embedded defaults: a JumpReLU SAE on the packaged Gemma 3 270M, evaluated.
@@ -462,6 +465,12 @@ def demo(
     if synthetic:
         _synthetic_demo(out)
         return
+    if tiny:
+        from trainer.models import TINY_MODEL
+
+        model = TINY_MODEL
+        out = Path("runs/demo-tiny") if out == Path("runs/demo") else out
+        cache_tokens, width, epochs = min(cache_tokens, 20_000), min(width, 256), max(epochs, 10.0)
     acts, sae_dir = out / "activations", out / "sae"
     eval_path = sae_dir / "eval.json"
     try:

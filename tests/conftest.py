@@ -51,7 +51,7 @@ def tiny_train_cfg(**overrides: Any) -> TrainConfig:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a tiny random Gemma 2 and its offline tokenizer (built once)."""
-    from tests.tiny_model import build_tiny_gemma2
+    from trainer.tiny_model import build_tiny_gemma2
 
     return build_tiny_gemma2(tmp_path_factory.mktemp("tiny-gemma2"))
 

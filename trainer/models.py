@@ -45,6 +45,8 @@ from trainer.hub import hub_unreachable_reason
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma3-270m"
+TINY_MODEL = "tiny-gemma2"
+"""A tiny random Gemma 2 (3 layers, width 64), built into the user cache in seconds: smoke runs."""
 """Name of the packaged default model (the real Gemma 3 270M, converted from its GGUF once)."""
 
 CACHE_ENV = "JUMPSCOPE_CACHE_DIR"
@@ -89,7 +91,8 @@ _LAYER_PATHS = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 _ALLOWED_NAMES = (
-    f"the packaged default {DEFAULT_MODEL!r}, a local model folder (with config.json) "
+    f"the packaged default {DEFAULT_MODEL!r}, the smoke-test model {TINY_MODEL!r}, a local model folder "
+    "(with config.json) "
     "or a Hugging Face hub id such as google/gemma-2-2b"
 )
 
@@ -274,6 +277,10 @@ def _resolve_source(name: str) -> tuple[str | Path, bool]:
         raise ModelError(f"model name {name!r} is empty: use {_ALLOWED_NAMES}")
     if name == DEFAULT_MODEL:
         return gemma3_270m_folder(), True
+    if name == TINY_MODEL:
+        from trainer.tiny_model import tiny_gemma2_folder
+
+        return tiny_gemma2_folder(default_cache_dir()), True
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():

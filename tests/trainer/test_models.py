@@ -24,7 +24,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from tests.tiny_model import build_tokenizer, tiny_gemma2_config
+from trainer.tiny_model import build_tokenizer, tiny_gemma2_config
 from trainer import models
 from trainer.models import (
     DEFAULT_MODEL,

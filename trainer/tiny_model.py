@@ -1,5 +1,8 @@
 """A tiny random Gemma 2 with an offline byte-level BPE tokenizer, saved like a hub model.
 
+`load_model("tiny-gemma2")` builds it once into the user cache (`jumpscope demo --tiny`);
+the tests build their own copy.
+
 It goes through the same `from_pretrained` path as real models and exercises the real
 Gemma 2 code (eager attention, soft-capping, sliding window, sqrt(d) embedding scale).
 Sizes follow jumprelu.md §10 (larger variant: vocab 512, intermediate 256), with 3 layers and
@@ -8,6 +11,8 @@ head_dim 32 so that the attention site (4 x 32 = 128) is wider than d_model (64)
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -90,4 +95,25 @@ def build_tiny_gemma2(folder: Path, seed: int = 0, train_steps: int = 150) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_gemma2_folder(cache_dir: Path) -> Path:
+    """cache_dir/tiny-gemma2, built on first use (a few seconds) and moved into place atomically."""
+    folder = cache_dir / "tiny-gemma2"
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if folder.exists():  # half-written by an interrupted build
+        shutil.rmtree(folder, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-gemma2.build-", dir=cache_dir))
+    try:
+        build_tiny_gemma2(staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished first
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
