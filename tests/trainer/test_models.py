@@ -24,7 +24,6 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from trainer.tiny_model import build_tokenizer, tiny_gemma2_config
 from trainer import models
 from trainer.models import (
     DEFAULT_MODEL,
@@ -38,6 +37,7 @@ from trainer.models import (
     n_layers,
     special_token_ids,
 )
+from trainer.tiny_model import build_tokenizer, tiny_gemma2_config
 
 FAST = 5.0  # seconds: bad input must fail well inside this (no hub retries)
 
