@@ -61,7 +61,7 @@ def default_name(meta: SAEMetadata, architecture: str, d_sae: int) -> str:
 
 
 def get_sae(session: Session, name: str) -> SAE:
-    sae = session.scalar(select(SAE).where(SAE.name == name))
+    sae = session.scalar(select(SAE).where(SAE.name == name)) if NAME_PATTERN.match(name) else None
     if sae is None:
         known = session.scalars(select(SAE.name).order_by(SAE.name).limit(20)).all()
         listing = ", ".join(known) if known else "none yet; register one with `jumpscope import`"

@@ -34,7 +34,7 @@ example's token):
 State size, defaults (K = 20, W = 64, 5 bands of 5 + the internal "at scale" band, 50 bins), per feature:
 top-K windows 10,240 B (int32 tokens + float32 values), band windows 15,360 B (6 x 5 x 64 x 8), the rest
 2,120 B, i.e. 27,720 B per feature: 454 MB for F = 16,384 and 1.82 GB for F = 65,536. With
-`band_window_dtype=torch.float16` the band windows take 11,520 B and the totals are 391 MB and 1.57 GB. Per
+`band_window_dtype="float16"` the band windows take 11,520 B and the totals are 391 MB and 1.57 GB. Per
 batch `update` also makes one masked copy of `acts` and the (N, 3) int64 indices of its N non-zeros.
 """
 
@@ -49,6 +49,7 @@ KEY_BITS = 40
 """Random bits of a reservoir key; the group index takes the 23 bits above them in one int64 sort key."""
 _KEY_EMPTY = torch.iinfo(torch.int64).max
 _MAX_SHIFT = 62
+_WINDOW_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -67,8 +68,9 @@ class StatsConfig:
     """Histogram bins of non-zero activations over [0, scale_f]; must be even (bins merge pairwise)."""
     seed: int = 0
     """Seed of the reservoir keys."""
-    band_window_dtype: torch.dtype = torch.float32
-    """Dtype of the band samples' window values; float16 saves 3,840 B per feature (see module docstring)."""
+    band_window_dtype: str = "float32"
+    """Dtype of the band samples' window values: float32, float16 or bfloat16; 16 bits save 3,840 B per feature
+    (see the module docstring). A string, so `dataclasses.asdict` of the config stays JSON-serialisable."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "window", "n_bands", "band_size", "n_bins"):
@@ -76,8 +78,10 @@ class StatsConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_bins % 2:
             raise ValueError(f"n_bins must be even (bins merge pairwise when the scale doubles), got {self.n_bins}")
-        if not self.band_window_dtype.is_floating_point:
-            raise ValueError(f"band_window_dtype must be a float dtype, got {self.band_window_dtype}")
+        if self.band_window_dtype not in _WINDOW_DTYPES:
+            raise ValueError(
+                f"band_window_dtype must be one of {', '.join(_WINDOW_DTYPES)}, got {self.band_window_dtype!r}"
+            )
 
 
 @dataclass
@@ -203,7 +207,7 @@ class FeatureStats:
         self.band_start = torch.zeros(G, R, dtype=i32, device=dev)
         self.band_pos = torch.zeros(G, R, dtype=i32, device=dev)
         self.band_window_tokens = torch.full((G, R, W), -1, dtype=i32, device=dev)
-        self.band_window_values = torch.zeros(G, R, W, dtype=cfg.band_window_dtype, device=dev)
+        self.band_window_values = torch.zeros(G, R, W, dtype=_WINDOW_DTYPES[cfg.band_window_dtype], device=dev)
 
         self._gen = torch.Generator(device=dev)
         self._gen.manual_seed(cfg.seed)
@@ -338,13 +342,14 @@ class FeatureStats:
         win_tokens[is_new] = ntokens
         win_values[is_new] = nvalues
 
+        # All of these are fresh tensors (gather / where), so they can be filled in place.
         self.top_values[rows] = new_vals
-        self.top_seq[rows] = seq.masked_fill(empty, -1)
-        self.top_doc[rows] = doc.masked_fill(empty, -1)
-        self.top_start[rows] = start.masked_fill(empty, 0)
-        self.top_pos[rows] = pos.masked_fill(empty, 0)
-        self.top_window_tokens[rows] = win_tokens.masked_fill(empty[:, :, None], -1)
-        self.top_window_values[rows] = win_values.masked_fill(empty[:, :, None], 0.0)
+        self.top_seq[rows] = seq.masked_fill_(empty, -1)
+        self.top_doc[rows] = doc.masked_fill_(empty, -1)
+        self.top_start[rows] = start.masked_fill_(empty, 0)
+        self.top_pos[rows] = pos.masked_fill_(empty, 0)
+        self.top_window_tokens[rows] = win_tokens.masked_fill_(empty[:, :, None], -1)
+        self.top_window_values[rows] = win_values.masked_fill_(empty[:, :, None], 0.0)
 
     def _draw_keys(self, n: int) -> Tensor:
         """(n,) int64 uniform reservoir keys in [0, 2**KEY_BITS), one per firing token in row-major order."""
