@@ -420,6 +420,125 @@ def index(
     )
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (use Postgres when > 1).")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the web server: REST API under /api/v1, OpenAPI docs at /docs, feature pages at /."""
+    import uvicorn
+
+    settings = Settings()
+    _store(settings)  # migrate a fresh SQLite store, or fail early with the fix
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        console.print("[yellow]note:[/] several workers share one SQLite file; use Postgres for real concurrency")
+    console.print(f"jumpscope on http://{host}:{port} (API docs: http://{host}:{port}/docs)")
+    uvicorn.run("app.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+
+
+@app.command()
+def worker(
+    host: Annotated[str, typer.Option(help="Interface the encode API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the encode API (the web server's JUMPSCOPE_WORKER_URL).")] = 8001,
+    serve_encoder: Annotated[bool, typer.Option("--serve/--no-serve", help="Also serve encodings over HTTP.")] = True,
+    name: Annotated[str | None, typer.Option(help="Worker name in the jobs table (default host:pid).")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the queue.")] = 2.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats of a running job.")] = 5.0,
+    stale_after: Annotated[
+        float, typer.Option(help="Requeue a running job whose worker was silent this long (seconds).")
+    ] = 60.0,
+    max_jobs: Annotated[int | None, typer.Option(help="Exit after this many jobs.")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="Exit after this many idle seconds.")] = None,
+) -> None:
+    """Run queued training and indexing jobs, and serve encodings to the web server over HTTP."""
+    import signal
+    import threading
+
+    from app.worker import Worker
+
+    settings = Settings()
+    engine = _store(settings)
+    runner = Worker(settings, name=name, poll=poll, heartbeat_every=heartbeat, stale_after=stale_after, engine=engine)
+    server = None
+    if serve_encoder:
+        import uvicorn
+
+        from app.encoder import LocalEncoder
+        from app.worker_api import create_worker_app
+
+        encoder = LocalEncoder(max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,
+                               max_batch_texts=settings.encode_max_batch, window_ms=settings.encode_window_ms,
+                               batching=settings.encode_batching, device=settings.device)  # fmt: skip
+        config = uvicorn.Config(create_worker_app(encoder), host=host, port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        threading.Thread(target=server.run, daemon=True, name="encode-api").start()
+        console.print(f"worker {runner.name}: encode API on http://{host}:{port}")
+
+    def stop(_signum: int, _frame: Any) -> None:
+        console.print("stopping: the running job checkpoints and returns to the queue")
+        runner.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    done = runner.run(max_jobs=max_jobs, idle_exit=idle_exit)
+    if server is not None:
+        server.should_exit = True
+    console.print(f"worker {runner.name}: {done} jobs run")
+
+
+users_app = typer.Typer(help="API tokens: who may write ratings and queue jobs.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="The rater name the token writes as.")],
+    admin: Annotated[bool, typer.Option(help="May also queue jobs.")] = False,
+) -> None:
+    """Create a token for NAME and print it (it is stored hashed and cannot be shown again)."""
+    from app.auth import add_token
+    from app.db import session_scope
+
+    if not name.strip() or len(name) > 100 or "\x00" in name:
+        raise fail("NAME must hold 1 to 100 characters")
+    with session_scope(_store()) as session:
+        token = add_token(session, name.strip(), admin=admin)
+    console.print(f"token for {name.strip()!r}{' (admin)' if admin else ''}; keep it, it is shown only once:")
+    typer.echo(token)
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Token holders (names, admin flag, last use); never the tokens."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.schema import ApiToken
+
+    with session_scope(_store()) as session:
+        rows = session.scalars(select(ApiToken).order_by(ApiToken.name, ApiToken.id)).all()
+        for row in rows:
+            typer.echo(f"{row.name}\t{'admin' if row.admin else 'rater'}\tcreated {row.created_at:%Y-%m-%d}"
+                       f"\tlast used {row.last_used_at or 'never'}")  # fmt: skip
+    if not rows:
+        console.print("no tokens: writes are open to anyone who can reach the server")
+
+
+@users_app.command("remove")
+def users_remove(name: Annotated[str, typer.Argument(help="Remove every token of NAME.")]) -> None:
+    """Revoke NAME's tokens (their ratings stay)."""
+    from app.auth import remove_tokens
+    from app.db import session_scope
+
+    with session_scope(_store()) as session:
+        n = remove_tokens(session, name)
+    if n == 0:
+        raise fail(f"no tokens for {name!r}")
+    console.print(f"removed {n} token(s) of {name!r}")
+
+
 def print_metrics(metrics: dict[str, Any], title: str) -> None:
     table = Table(title=title, show_header=False)
     for key, value in metrics.items():

@@ -129,7 +129,9 @@ def import_sae(
     if layer is not None and layer < 0:
         raise RegistryError(f"--layer must be >= 0, got {layer}")
     loaded = load_sae(source, format)  # type: ignore[arg-type]
-    overrides = {k: v for k, v in {"model": model, "layer": layer, "site": site}.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"model": model, "layer": layer, "site": site}.items() if v is not None
+    }
     meta = dc_replace(loaded.meta, **overrides)
     loaded = loaded._replace(meta=meta)
     arch, d_sae = loaded.sae.cfg.architecture, loaded.sae.cfg.d_sae

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +66,18 @@ def _postgres_url(schema: str) -> str:
     return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """An empty database: a SQLite file, and (when TEST_DATABASE_URL is set) a fresh schema on that Postgres."""
+@contextmanager
+def database(kind: str, folder: Path) -> Iterator[str]:
+    """An empty database URL: a SQLite file in folder, or a fresh schema on the Postgres of TEST_DATABASE_URL."""
     from sqlalchemy import text
 
     from app.db import dispose_all, make_engine
 
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        dispose_all()
+    if kind == "sqlite":
+        try:
+            yield f"sqlite:///{folder / 'store.db'}"
+        finally:
+            dispose_all()
         return
     if not os.environ.get("TEST_DATABASE_URL"):
         pytest.skip("TEST_DATABASE_URL is not set (CI sets it to the local Postgres)")
@@ -88,6 +92,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, and (when TEST_DATABASE_URL is set) a fresh schema on that Postgres."""
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -144,5 +144,6 @@ def residual_directions(lm: LoadedModel, w_dec: Tensor, layer: int, site: str) -
         return w_dec
     from trainer.models import decoder_layers
 
-    o_proj = decoder_layers(lm.model)[layer].self_attn.o_proj.weight.detach().float()  # (d_model, d_attn)
+    attention: Any = decoder_layers(lm.model)[layer].self_attn
+    o_proj = attention.o_proj.weight.detach().float()  # (d_model, d_attn)
     return w_dec @ o_proj.T.to(w_dec.device)  # (F, d_model)

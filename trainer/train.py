@@ -145,6 +145,10 @@ class Trainer:
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
 
+    def request_stop(self) -> None:
+        """Stop at the next step with a checkpoint (TrainingInterrupted); safe from another thread."""
+        self._stop_requested = True
+
     def fit(self, resume: bool = False) -> TrainResult:
         """Train for cfg.tokens tokens; with resume, continue from out_dir/checkpoint.pt."""
         ctx = setup(self.cfg.device)

@@ -17,56 +17,13 @@ from app.indexer import IndexOptions, index_sae
 from app.registry import import_sae
 from app.schema import SAE, Example, Feature, IndexRun, Model
 from app.vocab import unpack
-from trainer.config import SAEConfig
-from trainer.formats import SAEMetadata, sae_from_tensors, save_native
+from tests.app.conftest import CONTEXT, D_SAE, random_jumprelu
+from trainer.formats import SAEMetadata, save_native
 from trainer.models import load_model
 from trainer.sites import harvest
 from trainer.text import batch_sequences, iter_documents, pack_tokens
 
-D_SAE = 40
 TOKENS = 1500
-CONTEXT = 48
-
-
-def random_jumprelu(d_in: int, d_sae: int = D_SAE, seed: int = 0) -> Any:
-    g = torch.Generator().manual_seed(seed)
-    w_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=1)
-    tensors = {
-        "W_enc": w_dec.T.clone() * 0.5,
-        "W_dec": w_dec,
-        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
-        "b_dec": torch.zeros(d_in),
-        "threshold": torch.rand(d_sae, generator=g) * 0.5 + 0.05,
-    }
-    return sae_from_tensors(tensors, SAEConfig(d_in=d_in, d_sae=d_sae, threshold_param="raw"), "test")
-
-
-WORDS = "the quick brown fox jumps over lazy dog sparse features fire on some tokens and not others".split()
-
-
-@pytest.fixture(scope="session")
-def short_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A jsonl dataset of 300 short documents, so top examples can come from many documents."""
-    import json
-    import random
-
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("docs") / "docs.jsonl"
-    lines = [json.dumps({"text": " ".join(rng.choices(WORDS, k=rng.randint(5, 30)))}) for _ in range(300)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture
-def registered(store: Engine, tiny_model_dir: Path, tmp_path: Path, short_docs: Path) -> tuple[Engine, Any]:
-    """The store with one SAE on the tiny model's layer 1 residual stream registered as 'tiny'."""
-    sae = random_jumprelu(64)
-    meta = SAEMetadata(model=str(tiny_model_dir), layer=1, site="resid", context_size=CONTEXT,
-                       dataset=str(short_docs))  # fmt: skip
-    save_native(tmp_path / "src", sae, meta)
-    with session_scope(store) as session:
-        import_sae(session, tmp_path / "src", data_dir=tmp_path / "data", name="tiny")
-    return store, sae
 
 
 def opts(**overrides: Any) -> IndexOptions:

@@ -1,0 +1,302 @@
+"""Request and response bodies of the REST API (pydantic): they make the OpenAPI document at /docs."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schema import NOTE_MAX_CHARS
+
+Label = Literal["yes", "maybe", "no"]
+MAX_TEXTS = 16
+MAX_TEXT_CHARS = 20_000
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    database: Literal["ok", "unavailable"]
+    encoder: Literal["ok", "unavailable"]
+
+
+class RatingSummary(BaseModel):
+    yes: int = 0
+    maybe: int = 0
+    no: int = 0
+    total: int = 0
+
+
+class IndexInfo(BaseModel):
+    tokens: int = Field(description="Non-special tokens streamed by the indexer.")
+    dataset: str | None
+    params: dict[str, Any] = Field(description="top_k, window, n_bands, band_size, n_bins, seed, context_size, ...")
+    finished_at: datetime | None
+
+
+class SAESummary(BaseModel):
+    name: str
+    model: str | None
+    layer: int | None
+    site: str | None
+    architecture: str
+    d_in: int
+    d_sae: int
+    indexed_tokens: int
+    metrics: dict[str, Any] = Field(description="Eval metrics: l0, fvu, delta_lm_loss, dead/dense fractions, ...")
+    rated_features: int = Field(description="Features with at least one rating.")
+
+
+class FrequencyHistogram(BaseModel):
+    edges: list[float] = Field(description="log10(frequency) bin edges.")
+    counts: list[int]
+    dead: int = Field(description="Features that never fired (not in the bins).")
+    dense_1pct: int = Field(description="Features firing on more than 1% of tokens.")
+    dense_10pct: int
+
+
+class SAEDetail(SAESummary):
+    dataset: str | None
+    context_size: int | None
+    normalization_scale: float
+    tokens_trained: int
+    prepend_bos: bool
+    index: IndexInfo | None
+    frequency_histogram: FrequencyHistogram | None
+
+
+class FeatureSummary(BaseModel):
+    index: int
+    frequency: float
+    fire_count: int
+    max_activation: float
+    mean_activation: float
+    top_text: str = Field(description="Text around the max token of the top examples.")
+    ratings: RatingSummary
+
+
+class FeatureList(BaseModel):
+    total: int
+    items: list[FeatureSummary]
+
+
+class ExampleOut(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    values: list[float] = Field(description="The feature's activation at each token.")
+    max_value: float
+    max_position: int = Field(description="Index of the max token in tokens.")
+    document: str | None
+
+
+class BandOut(BaseModel):
+    band: int = Field(description="0 is the lowest band.")
+    min: float
+    max: float
+    examples: list[ExampleOut]
+
+
+class Histogram(BaseModel):
+    max: float = Field(description="Bins are equal-width over [0, max].")
+    bins: int
+    counts: list[int] = Field(description="Counts of non-zero activations per bin (trailing empty bins dropped).")
+
+
+class OutputToken(BaseModel):
+    token_id: int
+    token: str
+    value: float
+
+
+class SimilarFeature(BaseModel):
+    index: int
+    cosine: float
+
+
+class FeatureDetail(BaseModel):
+    sae: str
+    index: int
+    dead: bool
+    frequency: float
+    fire_count: int
+    max_activation: float
+    mean_activation: float
+    histogram: Histogram
+    top_positive_tokens: list[OutputToken]
+    top_negative_tokens: list[OutputToken]
+    similar: list[SimilarFeature]
+    top_examples: list[ExampleOut]
+    bands: list[BandOut]
+    ratings: RatingSummary
+
+
+class RatingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rater: str | None = Field(
+        None, min_length=1, max_length=100, description="Who rates (ignored when tokens are configured)."
+    )
+    label: Label
+    note: str = Field("", max_length=NOTE_MAX_CHARS)
+    study_id: str = Field("", max_length=100, description="'' outside a study.")
+    blinded: bool = False
+    shown: dict[str, Any] = Field(default_factory=dict, description="What the rater saw.")
+    presentation_order: int | None = Field(None, ge=0, le=10_000_000)
+    time_spent_ms: int | None = Field(None, ge=0, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> RatingIn:
+        _no_nul(self.model_dump(), "the rating")
+        if len(json.dumps(self.shown)) > 100_000:
+            raise ValueError("'shown' is limited to 100,000 characters of JSON")
+        return self
+
+
+class RatingOut(BaseModel):
+    id: int
+    sae: str
+    feature_index: int
+    rater: str
+    label: Label
+    note: str
+    study_id: str
+    blinded: bool
+    shown: dict[str, Any]
+    presentation_order: int | None
+    time_spent_ms: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EncodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
+    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
+    top_k: int | None = Field(None, ge=1, description="Keep the k strongest features per token.")
+    features: list[int] | None = Field(None, min_length=1, max_length=256, description="Return these densely.")
+    include_bos: bool = True
+
+    @model_validator(mode="after")
+    def one_of_text_or_texts(self) -> EncodeIn:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        for text in self.texts or ():
+            if not text or len(text) > MAX_TEXT_CHARS:
+                raise ValueError(f"every text must hold 1 to {MAX_TEXT_CHARS} characters")
+        return self
+
+
+class FeatureActivation(BaseModel):
+    index: int
+    value: float
+
+
+class DenseValues(BaseModel):
+    index: int
+    values: list[float]
+
+
+class EncodeOut(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    special: list[bool]
+    activations: list[list[FeatureActivation]] = Field(description="Per token: active features, highest first.")
+    features: list[DenseValues] | None = None
+
+
+class EncodeBatchOut(BaseModel):
+    results: list[EncodeOut]
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train", "index"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobCreated(BaseModel):
+    id: int
+    status: str
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    params: dict[str, Any]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    message: str
+    metrics: list[dict[str, Any]]
+    result: dict[str, Any]
+    error: str | None
+    attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+def _no_nul(value: Any, where: str) -> None:
+    """Postgres text cannot hold NUL characters: refuse them up front (422, not a database error)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where} must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key, where)
+            _no_nul(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item, where)
+
+
+class TrainJobParams(BaseModel):
+    """A training job: the same choices as `jumpscope train`, then registration (and optionally indexing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$", description="Name to register the SAE under.")
+    model: str = Field("gemma3-270m", min_length=1, max_length=500)
+    layer: int | None = Field(None, ge=0, le=1000)
+    site: Literal["resid", "mlp", "attn"] = "resid"
+    dataset: str | None = Field(None, min_length=1, max_length=1000)
+    activations: str | None = Field(None, min_length=1, max_length=1000, description="Cached shards instead.")
+    architecture: Literal["jumprelu", "relu", "topk", "gated"] = "jumprelu"
+    width: int = Field(4096, ge=16, le=1 << 20)
+    l0_coeff: float | None = Field(None, gt=0, le=100)
+    l1_coeff: float | None = Field(None, gt=0, le=100)
+    k: int = Field(32, ge=1, le=4096)
+    tokens: int = Field(1_000_000, ge=4096, le=100_000_000_000)
+    batch_size: int = Field(4096, ge=16, le=1 << 20)
+    recipe: Literal["paper", "short"] = "short"
+    context_size: int | None = Field(None, ge=8, le=8192)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    index_tokens: int = Field(0, ge=0, le=1_000_000_000, description="Index this many tokens afterwards (0 = no).")
+    checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Steps between checkpoints.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainJobParams:
+        _no_nul(self.model_dump(), "params")
+        return self
+
+
+class IndexJobParams(BaseModel):
+    """An indexing job: the same choices as `jumpscope index`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sae: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    tokens: int = Field(1_000_000, ge=1, le=1_000_000_000)
+    dataset: str | None = Field(None, min_length=1, max_length=1000)
+    top_k: int = Field(20, ge=1, le=1000)
+    window: int = Field(64, ge=1, le=4096)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _check(self) -> IndexJobParams:
+        _no_nul(self.model_dump(), "params")
+        return self

@@ -1,0 +1,48 @@
+"""POST /api/v1/saes/{sae}/encode: text in, sparse per-token feature activations out."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.api_models import DenseValues, EncodeBatchOut, EncodeIn, EncodeOut, FeatureActivation
+from app.registry import RegistryError, get_sae
+from app.routers.errors import NOT_FOUND, UNAVAILABLE
+
+router = APIRouter(prefix="/api/v1/saes/{sae}", tags=["encode"])
+
+
+def _target(request: Request, sae: str) -> object:
+    from app.encoder import SAETarget
+
+    with request.app.state.sessions() as session:
+        row = get_sae(session, sae)
+        if row.model is None or row.layer is None or row.site is None:
+            raise RegistryError(f"SAE {sae!r} names no model, layer and site, so it cannot encode text")
+        return SAETarget(name=row.name, path=row.path, model=row.model.name, layer=row.layer, site=row.site,
+                         prepend_bos=row.prepend_bos)  # fmt: skip
+
+
+def _out(result: object) -> EncodeOut:
+    enc = result  # app.encoder.TextEncoding
+    dense = getattr(enc, "dense", None)
+    return EncodeOut(
+        tokens=enc.tokens, token_ids=enc.token_ids, special=enc.special,  # type: ignore[attr-defined]
+        activations=[[FeatureActivation(index=i, value=v) for i, v in token]
+                     for token in enc.activations],  # type: ignore[attr-defined]
+        features=[DenseValues(index=i, values=v) for i, v in dense.items()] if dense is not None else None,
+    )  # fmt: skip
+
+
+@router.post(
+    "/encode", response_model=EncodeOut | EncodeBatchOut, responses={**NOT_FOUND, **UNAVAILABLE},
+    summary="Encode text into the SAE's features",
+)  # fmt: skip
+async def encode(sae: str, body: EncodeIn, request: Request) -> EncodeOut | EncodeBatchOut:
+    target = await run_in_threadpool(_target, request, sae)
+    texts = [body.text] if body.text is not None else list(body.texts or [])
+    results = await request.app.state.encoder.encode(
+        target, texts, top_k=body.top_k, features=body.features, include_bos=body.include_bos
+    )
+    outs = [_out(r) for r in results]
+    return outs[0] if body.text is not None else EncodeBatchOut(results=outs)

@@ -1,0 +1,124 @@
+"""The web application: `create_app(settings)` builds it (REST API, pages, static files).
+
+Run it with `jumpscope serve` (uvicorn; `--workers N` for several processes against
+Postgres). The encoder runs in this process unless JUMPSCOPE_WORKER_URL points at a
+`jumpscope worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.settings import Settings
+
+log = logging.getLogger("jumpscope.server")
+
+OPEN_WRITES_WARNING = (
+    "no API tokens are configured: anyone who can reach this server can write ratings and queue jobs. "
+    "Add tokens with `jumpscope users add NAME [--admin]`."
+)
+
+
+class BodyLimit:
+    """Answer 413 to request bodies over `limit` bytes (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, *, encoder: Any = None) -> FastAPI:
+    """The FastAPI app for `settings` (default: from the environment); `encoder` overrides the configured one."""
+    from app.db import check_schema, engine_for, session_factory
+    from app.encoder import make_encoder
+    from app.routers import encode, errors, features, health, jobs, ratings, saes
+
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from app.auth import tokens_configured
+
+        check_schema(app.state.engine)
+        with app.state.sessions() as session:
+            if not tokens_configured(session):
+                log.warning(OPEN_WRITES_WARNING)
+        yield
+        close = getattr(app.state.encoder, "aclose", None)
+        if close is not None:
+            await close()
+
+    app = FastAPI(
+        title="jumpscope",
+        summary="Browse, encode and rate JumpReLU sparse autoencoder features.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine_for(settings.database_url)
+    app.state.sessions = session_factory(app.state.engine)
+    app.state.encoder = encoder or make_encoder(
+        settings.worker_url, max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,
+        max_batch_texts=settings.encode_max_batch, window_ms=settings.encode_window_ms,
+        batching=settings.encode_batching, device=settings.device,
+    )  # fmt: skip
+    errors.install(app)
+    for module in (health, saes, features, ratings, encode, jobs):
+        app.include_router(module.router)
+    _mount_pages(app)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    return app
+
+
+def _mount_pages(app: FastAPI) -> None:
+    """HTML pages and static files, when the pages module is present."""
+    try:
+        from app.routers import pages  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    pages.mount(app)
+
+
+def _version() -> str:
+    from trainer.formats import jumpscope_version
+
+    return jumpscope_version()

@@ -1,0 +1,100 @@
+"""Fixtures of the app tests: a tiny SAE registered (and indexed) in a real store."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import Engine
+
+from app.db import session_scope
+from app.registry import import_sae
+from trainer.config import SAEConfig
+from trainer.formats import SAEMetadata, sae_from_tensors, save_native
+
+D_SAE = 40
+CONTEXT = 48
+
+
+def random_jumprelu(d_in: int, d_sae: int = D_SAE, seed: int = 0) -> Any:
+    """A random JumpReLU SAE whose features fire on the tiny model's residual stream."""
+    g = torch.Generator().manual_seed(seed)
+    w_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=1)
+    tensors = {
+        "W_enc": w_dec.T.clone() * 0.5,
+        "W_dec": w_dec,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "b_dec": torch.zeros(d_in),
+        "threshold": torch.rand(d_sae, generator=g) * 0.5 + 0.05,
+    }
+    return sae_from_tensors(tensors, SAEConfig(d_in=d_in, d_sae=d_sae, threshold_param="raw"), "test")
+
+
+SENTENCE = "the quick brown fox jumps over lazy dog sparse features fire on some tokens and not others"
+WORDS = SENTENCE.split()
+
+
+@pytest.fixture(scope="session")
+def short_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A jsonl dataset of 300 short documents, so top examples can come from many documents."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    lines = [json.dumps({"text": " ".join(rng.choices(WORDS, k=rng.randint(5, 30)))}) for _ in range(300)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def registered(store: Engine, tiny_model_dir: Path, tmp_path: Path, short_docs: Path) -> tuple[Engine, Any]:
+    """The store with one SAE on the tiny model's layer 1 residual stream registered as 'tiny'."""
+    sae = random_jumprelu(64)
+    meta = SAEMetadata(model=str(tiny_model_dir), layer=1, site="resid", context_size=CONTEXT,
+                       dataset=str(short_docs))  # fmt: skip
+    save_native(tmp_path / "src", sae, meta)
+    with session_scope(store) as session:
+        import_sae(session, tmp_path / "src", data_dir=tmp_path / "data", name="tiny")
+    return store, sae
+
+
+@pytest.fixture
+def indexed(registered: tuple[Engine, Any]) -> tuple[Engine, Any]:
+    """`registered`, indexed over 1,500 tokens of the short documents."""
+    from app.indexer import IndexOptions, index_sae
+
+    engine, sae = registered
+    opts = IndexOptions(tokens=1500, top_k=4, window=16, n_bands=3, band_size=2, n_bins=10, device="cpu",
+                        progress=False)  # fmt: skip
+    index_sae(engine, "tiny", opts)
+    return engine, sae
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def shared_index(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, short_docs: Path
+) -> Any:
+    """(url, engine, sae, folder): a migrated store with 'tiny' registered and indexed, shared by a module's tests.
+
+    Tests using it must not depend on each other's writes (use their own feature indices and raters).
+    """
+    from app.db import engine_for, upgrade
+    from app.indexer import IndexOptions, index_sae
+    from tests.conftest import database
+
+    folder = tmp_path_factory.mktemp(f"shared-{request.param}")
+    with database(request.param, folder) as url:
+        upgrade(url)
+        engine = engine_for(url)
+        sae = random_jumprelu(64)
+        meta = SAEMetadata(model=str(tiny_model_dir), layer=1, site="resid", context_size=CONTEXT,
+                           dataset=str(short_docs))  # fmt: skip
+        save_native(folder / "src", sae, meta)
+        with session_scope(engine) as session:
+            import_sae(session, folder / "src", data_dir=folder / "data", name="tiny")
+        opts = IndexOptions(tokens=1500, top_k=4, window=16, n_bands=3, band_size=2, n_bins=10, device="cpu",
+                            progress=False)  # fmt: skip
+        index_sae(engine, "tiny", opts)
+        yield url, engine, sae, folder
