@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schema import NOTE_MAX_CHARS
 
 Label = Literal["yes", "maybe", "no"]
+NO_NUL = r"^[^\x00]*$"
+"""Postgres text cannot hold NUL characters: string fields refuse them (422, never a database error)."""
 MAX_TEXTS = 16
 MAX_TEXT_CHARS = 20_000
 
@@ -135,19 +137,25 @@ class RatingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rater: str | None = Field(
-        None, min_length=1, max_length=100, description="Who rates (ignored when tokens are configured)."
+        None,
+        min_length=1,
+        max_length=100,
+        pattern=NO_NUL,
+        description="Who rates (ignored when tokens are configured).",
     )
     label: Label
-    note: str = Field("", max_length=NOTE_MAX_CHARS)
-    study_id: str = Field("", max_length=100, description="'' outside a study.")
+    note: str = Field("", max_length=NOTE_MAX_CHARS, pattern=NO_NUL)
+    study_id: str = Field("", max_length=100, pattern=NO_NUL, description="'' outside a study.")
     blinded: bool = False
-    shown: dict[str, Any] = Field(default_factory=dict, description="What the rater saw.")
+    shown: dict[str, Any] = Field(
+        default_factory=dict, description="What the rater saw (any JSON; NUL characters are stored as U+FFFD)."
+    )
     presentation_order: int | None = Field(None, ge=0, le=10_000_000)
     time_spent_ms: int | None = Field(None, ge=0, le=86_400_000)
 
     @model_validator(mode="after")
     def _check(self) -> RatingIn:
-        _no_nul(self.model_dump(), "the rating")
+        self.shown = _without_nul(self.shown)
         if len(json.dumps(self.shown)) > 100_000:
             raise ValueError("'shown' is limited to 100,000 characters of JSON")
         return self
@@ -169,23 +177,31 @@ class RatingOut(BaseModel):
     updated_at: datetime
 
 
-class EncodeIn(BaseModel):
+class _EncodeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
-    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
-    top_k: int | None = Field(None, ge=1, description="Keep the k strongest features per token.")
-    features: list[int] | None = Field(None, min_length=1, max_length=256, description="Return these densely.")
+    top_k: int | None = Field(None, ge=1, description="Keep the k strongest features per token (at most d_sae).")
+    features: list[int] | None = Field(
+        None, min_length=1, max_length=256, description="Also return these features densely (indices < d_sae)."
+    )
     include_bos: bool = True
 
-    @model_validator(mode="after")
-    def one_of_text_or_texts(self) -> EncodeIn:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
-        for text in self.texts or ():
-            if not text or len(text) > MAX_TEXT_CHARS:
-                raise ValueError(f"every text must hold 1 to {MAX_TEXT_CHARS} characters")
-        return self
+
+class EncodeText(_EncodeOptions):
+    """One text; the reply is one EncodeOut."""
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class EncodeTexts(_EncodeOptions):
+    """Several texts; the reply holds one EncodeOut per text."""
+
+    texts: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
+        min_length=1, max_length=MAX_TEXTS
+    )
+
+
+EncodeIn = EncodeText | EncodeTexts
 
 
 class FeatureActivation(BaseModel):
@@ -208,13 +224,6 @@ class EncodeOut(BaseModel):
 
 class EncodeBatchOut(BaseModel):
     results: list[EncodeOut]
-
-
-class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["train", "index"]
-    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobCreated(BaseModel):
@@ -240,6 +249,17 @@ class JobOut(BaseModel):
     heartbeat_at: datetime | None
 
 
+def _without_nul(value: Any) -> Any:
+    """value with every NUL character (in keys and strings, at any depth) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def _no_nul(value: Any, where: str) -> None:
     """Postgres text cannot hold NUL characters: refuse them up front (422, not a database error)."""
     if isinstance(value, str):
@@ -260,11 +280,13 @@ class TrainJobParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$", description="Name to register the SAE under.")
-    model: str = Field("gemma3-270m", min_length=1, max_length=500)
+    model: str = Field("gemma3-270m", min_length=1, max_length=500, pattern=NO_NUL)
     layer: int | None = Field(None, ge=0, le=1000)
     site: Literal["resid", "mlp", "attn"] = "resid"
-    dataset: str | None = Field(None, min_length=1, max_length=1000)
-    activations: str | None = Field(None, min_length=1, max_length=1000, description="Cached shards instead.")
+    dataset: str | None = Field(None, min_length=1, max_length=1000, pattern=NO_NUL)
+    activations: str | None = Field(
+        None, min_length=1, max_length=1000, pattern=NO_NUL, description="Cached shards instead."
+    )
     architecture: Literal["jumprelu", "relu", "topk", "gated"] = "jumprelu"
     width: int = Field(4096, ge=16, le=1 << 20)
     l0_coeff: float | None = Field(None, gt=0, le=100)
@@ -291,7 +313,7 @@ class IndexJobParams(BaseModel):
 
     sae: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
     tokens: int = Field(1_000_000, ge=1, le=1_000_000_000)
-    dataset: str | None = Field(None, min_length=1, max_length=1000)
+    dataset: str | None = Field(None, min_length=1, max_length=1000, pattern=NO_NUL)
     top_k: int = Field(20, ge=1, le=1000)
     window: int = Field(64, ge=1, le=4096)
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -300,3 +322,20 @@ class IndexJobParams(BaseModel):
     def _check(self) -> IndexJobParams:
         _no_nul(self.model_dump(), "params")
         return self
+
+
+class TrainJobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train"]
+    params: TrainJobParams
+
+
+class IndexJobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["index"]
+    params: IndexJobParams
+
+
+JobIn = Annotated[TrainJobIn | IndexJobIn, Field(discriminator="kind")]

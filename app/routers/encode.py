@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api_models import DenseValues, EncodeBatchOut, EncodeIn, EncodeOut, FeatureActivation
+from app.api_models import DenseValues, EncodeBatchOut, EncodeIn, EncodeOut, EncodeText, FeatureActivation
 from app.registry import RegistryError, get_sae
-from app.routers.errors import NOT_FOUND, UNAVAILABLE
+from app.routers.errors import INVALID, NOT_FOUND, UNAVAILABLE
 
-router = APIRouter(prefix="/api/v1/saes/{sae}", tags=["encode"])
+router = APIRouter(prefix="/api/v1/saes/{sae}", tags=["encode"], responses=INVALID)
 
 
 def _target(request: Request, sae: str) -> object:
@@ -35,14 +35,15 @@ def _out(result: object) -> EncodeOut:
 
 
 @router.post(
-    "/encode", response_model=EncodeOut | EncodeBatchOut, responses={**NOT_FOUND, **UNAVAILABLE},
+    "/encode", response_model=EncodeOut | EncodeBatchOut,
+    responses={**NOT_FOUND, **UNAVAILABLE},
     summary="Encode text into the SAE's features",
 )  # fmt: skip
 async def encode(sae: str, body: EncodeIn, request: Request) -> EncodeOut | EncodeBatchOut:
     target = await run_in_threadpool(_target, request, sae)
-    texts = [body.text] if body.text is not None else list(body.texts or [])
+    texts = [body.text] if isinstance(body, EncodeText) else list(body.texts)
     results = await request.app.state.encoder.encode(
         target, texts, top_k=body.top_k, features=body.features, include_bos=body.include_bos
     )
     outs = [_out(r) for r in results]
-    return outs[0] if body.text is not None else EncodeBatchOut(results=outs)
+    return outs[0] if isinstance(body, EncodeText) else EncodeBatchOut(results=outs)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import AuthError
 from app.registry import NotFound, RegistryError
@@ -16,6 +18,9 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "Invalid input: one line saying why"}
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown SAE or feature"}}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or unknown token (only when tokens are configured)"},
@@ -45,3 +50,26 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
     app.add_exception_handler(AuthError, auth)
+
+    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        status = 422 if exc.status_code == 400 else exc.status_code  # an unparsable body is invalid input
+        return JSONResponse({"detail": str(exc.detail)}, status_code=status, headers=getattr(exc, "headers", None))
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def validation_message(errors: Any) -> str:
+    """FastAPI's validation errors as one line: 'body.text: String should have at least 1 character; ...'."""
+    parts = []
+    for error in errors:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body" or len(error.get("loc", ())) == 1)
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(parts)[:2000] or "invalid request"

@@ -10,10 +10,10 @@ from app import queries
 from app.api_models import FeatureDetail, FeatureList
 from app.deps import SessionDep
 from app.registry import get_sae
-from app.routers.errors import NOT_FOUND
+from app.routers.errors import INVALID, NOT_FOUND
 from app.vocab import vocab_for
 
-router = APIRouter(prefix="/api/v1/saes/{sae}/features", tags=["features"])
+router = APIRouter(prefix="/api/v1/saes/{sae}/features", tags=["features"], responses=INVALID)
 
 
 @router.get("", response_model=FeatureList, responses=NOT_FOUND, summary="List, filter and sort features")

@@ -5,35 +5,34 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from app.api_models import IndexJobParams, JobCreated, JobIn, JobOut, TrainJobParams
+from app.api_models import IndexJobParams, JobCreated, JobIn, JobOut
 from app.deps import AdminDep, SessionDep
-from app.registry import NotFound, RegistryError, get_sae
-from app.routers.errors import NOT_FOUND, UNAUTHORIZED
-from app.schema import Job
+from app.registry import NotFound, get_sae
+from app.routers.errors import INVALID, NOT_FOUND, UNAUTHORIZED, ErrorOut
+from app.schema import SAE, Job
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=INVALID)
 
 
 def job_out(job: Job) -> JobOut:
     return JobOut.model_validate(job, from_attributes=True)
 
 
-@router.post("", status_code=202, response_model=JobCreated, responses=UNAUTHORIZED, summary="Queue a job")
-def create_job(body: JobIn, session: SessionDep, caller: AdminDep) -> JobCreated:
-    model = TrainJobParams if body.kind == "train" else IndexJobParams
-    try:
-        params = model.model_validate(body.params)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in err.errors())
-        raise RegistryError(f"invalid {body.kind} params: {problems}") from None
+@router.post(
+    "", status_code=202, response_model=JobCreated,
+    responses={**UNAUTHORIZED, **NOT_FOUND, 409: {"model": ErrorOut, "description": "The SAE name is taken"}},
+    summary="Queue a training or indexing job",
+)  # fmt: skip
+def create_job(body: JobIn, session: SessionDep, caller: AdminDep) -> JobCreated | JSONResponse:
+    params = body.params
     if isinstance(params, IndexJobParams):
-        try:
-            get_sae(session, params.sae)
-        except NotFound as err:
-            raise RegistryError(str(err)) from None
+        get_sae(session, params.sae)  # 404 for an unknown SAE
+    elif session.scalar(select(SAE.id).where(SAE.name == params.name)) is not None:
+        detail = f"an SAE named {params.name!r} is already registered: choose another name"
+        return JSONResponse({"detail": detail}, status_code=409)
     job = Job(kind=body.kind, params=params.model_dump(), status="queued", metrics=[], result={})
     session.add(job)
     session.flush()

@@ -12,11 +12,14 @@ from sqlalchemy import select
 from app import queries
 from app.api_models import RatingIn, RatingOut
 from app.deps import SessionDep, WriterDep
-from app.registry import RegistryError, get_sae
-from app.routers.errors import NOT_FOUND, UNAUTHORIZED
+from app.registry import get_sae
+from app.routers.errors import INVALID, NOT_FOUND, UNAUTHORIZED
 from app.schema import Rating
 
-router = APIRouter(prefix="/api/v1/saes/{sae}", tags=["ratings"])
+router = APIRouter(prefix="/api/v1/saes/{sae}", tags=["ratings"], responses=INVALID)
+
+ANONYMOUS = "anonymous"
+"""The rater of a rating posted without a name while no tokens are configured."""
 
 CSV_FIELDS = ["sae", "feature_index", "rater", "label", "note", "study_id", "blinded", "presentation_order",
               "time_spent_ms", "created_at", "updated_at"]  # fmt: skip
@@ -26,9 +29,7 @@ def store_rating(session: SessionDep, sae: str, index: int, body: RatingIn, rate
     """Create or edit the rating; returns (row, created). `rater` from a token wins over the body's."""
     row = get_sae(session, sae)
     queries.check_index(row, index)
-    name = rater or body.rater
-    if not name:
-        raise RegistryError("'rater' is required while no tokens are configured")
+    name = rater or body.rater or ANONYMOUS
     rating = session.scalar(
         select(Rating).where(Rating.sae_id == row.id, Rating.feature_index == index, Rating.rater == name,
                              Rating.study_id == body.study_id).with_for_update()

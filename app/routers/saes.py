@@ -7,9 +7,9 @@ from fastapi import APIRouter
 from app import queries
 from app.api_models import SAEDetail, SAESummary
 from app.deps import SessionDep
-from app.routers.errors import NOT_FOUND
+from app.routers.errors import INVALID, NOT_FOUND
 
-router = APIRouter(prefix="/api/v1/saes", tags=["saes"])
+router = APIRouter(prefix="/api/v1/saes", tags=["saes"], responses=INVALID)
 
 
 @router.get("", response_model=list[SAESummary], summary="All registered SAEs")
