@@ -632,14 +632,20 @@ def demo(
         bool, typer.Option(help="A 30-second smoke run on the tiny random Gemma 2 (OUT defaults to runs/demo-tiny).")
     ] = False,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    index_tokens: Annotated[int, typer.Option(help="Tokens the indexer streams for the feature pages.")] = 200_000,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the browser at the end.")] = True,
+    host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
 ) -> None:
-    """The main job on embedded defaults: a JumpReLU SAE on the packaged Gemma 3 270M, evaluated.
+    """The main job on embedded defaults: train, evaluate and index a JumpReLU SAE on Gemma 3 270M, then serve it.
 
-    Stages, each cached under OUT so a second run skips what is done: the model is converted
-    once into the user cache; residual-stream activations of the middle layer over the
-    packaged corpus are harvested into OUT/activations; a JumpReLU SAE (short recipe) trains
-    on them into OUT/sae (an interrupted run resumes from its checkpoint); it is evaluated on
-    held-out text (l0, fvu, dead/dense, delta LM loss) into OUT/sae/eval.json.
+    Stages, each cached so a second run starts serving in seconds: the model is converted once
+    into the user cache; residual-stream activations of the middle layer over the packaged
+    corpus are harvested into OUT/activations; a JumpReLU SAE (short recipe) trains on them
+    into OUT/sae (an interrupted run resumes from its checkpoint); it is evaluated on held-out
+    text (l0, fvu, dead/dense, delta LM loss) into OUT/sae/eval.json; it is registered in the
+    database (DATABASE_URL, default ./jumpscope.db) and indexed; the browser is served on
+    http://HOST:PORT.
     """
     from trainer.activations import ActivationError, ShardSource
     from trainer.config import SAEConfig, TrainConfig, resolve_recipe
@@ -655,20 +661,23 @@ def demo(
         model = TINY_MODEL
         out = Path("runs/demo-tiny") if out == Path("runs/demo") else out
         cache_tokens, width, epochs = min(cache_tokens, 20_000), min(width, 256), max(epochs, 10.0)
+        index_tokens = min(index_tokens, 5_000)
+    trained = False
     acts, sae_dir = out / "activations", out / "sae"
     eval_path = sae_dir / "eval.json"
     try:
         if not (acts / "meta.json").exists():
             lm = lm_source(model, layer, "resid", None, "text", "train", None, 32, device.value, cache_tokens)
             console.print(
-                f"stage 1/3: harvesting {cache_tokens:,} activations of {lm.loaded.name} layer {lm.cfg.layer}"
+                f"stage 1/5: harvesting {cache_tokens:,} activations of {lm.loaded.name} layer {lm.cfg.layer}"
             )
             write_activation_cache(lm, acts, bf16=True)
         shards = ShardSource(acts, loop=True)
         if retrain or not (sae_dir / NATIVE_WEIGHTS).exists():
             resume = (sae_dir / CHECKPOINT).exists() and not retrain
             tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
-            console.print(f"stage 2/3: training a {width}-wide JumpReLU SAE on {tokens:,} tokens")
+            console.print(f"stage 2/5: training a {width}-wide JumpReLU SAE on {tokens:,} tokens")
+            trained = True
             sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=width)
             train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff, shuffle_buffer=262_144,
                                     checkpoint_every=50, log_every=10, device=device.value)  # type: ignore[arg-type]  # fmt: skip
@@ -678,7 +687,7 @@ def demo(
             Trainer(sae_cfg, train_cfg, shards, sae_dir, meta).fit(resume=resume)
             eval_path.unlink(missing_ok=True)
         if not eval_path.exists():
-            console.print("stage 3/3: evaluating on held-out text")
+            console.print("stage 3/5: evaluating on held-out text")
             metrics = evaluate_sae_dir(sae_dir, tokens=50_000, lm_tokens=4_000, device=device.value,
                                        progress=sys.stderr.isatty())  # fmt: skip
             eval_path.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -689,6 +698,45 @@ def demo(
     except (ValueError, ActivationError, SAEFormatError, OSError) as err:
         raise fail(str(err)) from None
     print_metrics(metrics, f"demo SAE ({sae_dir}) on held-out text")
+    name = _demo_index(sae_dir, metrics, index_tokens, device.value, fresh=trained)
+    if serve:
+        import uvicorn
+
+        console.print(f"stage 5/5: serving on http://{host}:{port}/saes/{name} (Ctrl-C stops)")
+        uvicorn.run("app.server:create_app", factory=True, host=host, port=port, log_level="warning")
+
+
+def _demo_index(sae_dir: Path, metrics: dict[str, Any], tokens: int, device: str, *, fresh: bool) -> str:
+    """Register the demo SAE in the store and index it, unless an index of these weights exists."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.indexer import IndexOptions, index_sae
+    from app.registry import RegistryError, default_name, import_sae
+    from app.schema import SAE
+    from trainer.formats import load_native
+
+    settings = Settings()
+    engine = _store(settings)
+    loaded = load_native(sae_dir)
+    name = default_name(loaded.meta, loaded.sae.cfg.architecture, loaded.sae.cfg.d_sae)
+    with session_scope(engine) as session:
+        row = session.scalar(select(SAE).where(SAE.name == name))
+        done = row is not None and row.index_run_id is not None and not fresh and row.indexed_tokens >= min(tokens, 1)
+    if done:
+        console.print(f"stage 4/5: {name} is registered and indexed ({settings.database_url})")
+        return name
+    console.print(f"stage 4/5: registering {name} in {settings.database_url} and indexing {tokens:,} tokens")
+    try:
+        with session_scope(engine) as session:
+            import_sae(session, sae_dir, data_dir=settings.data_dir, name=name, replace=True, metrics=metrics)
+        index_sae(engine, name, IndexOptions(tokens=tokens, device=device))
+    except KeyboardInterrupt:
+        console.print("interrupted: run `jumpscope demo` again to index")
+        raise typer.Exit(code=130) from None
+    except (RegistryError, ValueError, OSError) as err:
+        raise fail(str(err)) from None
+    return name
 
 
 def _synthetic_demo(out: Path) -> None:

@@ -136,15 +136,7 @@ def index_sae(
             if model.vocab is None or model.vocab_size != len(vocab):
                 model.vocab, model.vocab_size = pack(vocab), len(vocab)
                 model.n_layers, model.d_model = lm.n_layers, lm.d_model
-        n_examples = 0
-        for i, (features, examples) in enumerate(feature_rows(run_id, result, vocab, opts.write_batch)):
-            if fail_after_write_batches is not None and i >= fail_after_write_batches:
-                raise RuntimeError(f"simulated failure after {i} write batches")
-            with session_scope(engine) as session:
-                session.execute(insert(Feature), features)
-                if examples:
-                    session.execute(insert(Example), examples)
-            n_examples += len(examples)
+        n_examples = write_rows(engine, run_id, result, vocab, opts.write_batch, fail_after_write_batches)
         tokens = result.stats.tokens_seen
         with session_scope(engine) as session:  # the switch: one transaction
             session.execute(
@@ -161,6 +153,22 @@ def index_sae(
     dead = int((result.stats.fire_count == 0).sum())
     return IndexSummary(name, run_id, tokens, int(result.stats.fire_count.shape[0]), n_examples, dead,
                         result.seconds, seconds_write)  # fmt: skip
+
+
+def write_rows(
+    engine: Engine, run_id: int, result: Any, vocab: list[str], batch: int, fail_after: int | None = None
+) -> int:
+    """Insert the features and examples of `result` under run_id, `batch` features per transaction."""
+    n_examples = 0
+    for i, (features, examples) in enumerate(feature_rows(run_id, result, vocab, batch)):
+        if fail_after is not None and i >= fail_after:
+            raise RuntimeError(f"simulated failure after {i} write batches")
+        with session_scope(engine) as session:
+            session.execute(insert(Feature), features)
+            if examples:
+                session.execute(insert(Example), examples)
+        n_examples += len(examples)
+    return n_examples
 
 
 def _stream(lm: Any, sae: Any, layer: int, site: str, pass_cfg: Any, opts: IndexOptions,

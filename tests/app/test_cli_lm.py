@@ -79,15 +79,18 @@ def test_bad_model_layer_site_or_dataset_is_one_line_and_writes_nothing(
 
 def test_demo_runs_its_stages_once_and_a_second_run_reuses_them(tiny_model_dir: Path, tmp_path: Path) -> None:
     args = ["demo", "--out", str(tmp_path / "demo"), "--model", str(tiny_model_dir), "--cache-tokens", "6000",
-            "--width", "64", "--epochs", "1", "--device", "cpu"]  # fmt: skip
-    first = run(*args)
+            "--width", "64", "--epochs", "1", "--device", "cpu", "--index-tokens", "2000", "--no-serve"]  # fmt: skip
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}", "JUMPSCOPE_DATA_DIR": str(tmp_path / "data")}
+    first = run(*args, env=env)
     assert first.returncode == 0, first.stderr
-    assert "stage 1/3" in first.stderr and "stage 2/3" in first.stderr and "stage 3/3" in first.stderr
+    for stage in ("stage 1/5", "stage 2/5", "stage 3/5", "stage 4/5: registering"):
+        assert stage in first.stderr, stage
     metrics = json.loads((tmp_path / "demo" / "sae" / "eval.json").read_text())
     for key in ("l0", "fvu", "delta_lm_loss", "dead_fraction", "dense_fraction_1pct", "dense_fraction_10pct"):
         assert key in metrics, key
     assert "delta_lm_loss" in first.stdout
-    second = run(*args)
+    second = run(*args, env=env)
     assert second.returncode == 0, second.stderr
-    assert "stage" not in second.stderr  # every stage was cached
+    assert "stage 1/5" not in second.stderr and "stage 2/5" not in second.stderr  # cached
+    assert "is registered and indexed" in second.stderr
     assert "delta_lm_loss" in second.stdout
