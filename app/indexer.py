@@ -11,12 +11,14 @@ in-process, or by the next run after a kill -9.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
 
 from app.db import session_scope
 from app.registry import RegistryError, get_sae, load_registered
@@ -67,13 +69,25 @@ class IndexSummary:
     seconds_write: float
 
 
-def _stale_runs(session: Any, sae: SAE) -> None:
-    """Remove runs that never completed (a killed indexer) and any that are not current."""
-    session.execute(
-        delete(IndexRun).where(
-            IndexRun.sae_id == sae.id, IndexRun.id != (sae.index_run_id if sae.index_run_id is not None else -1)
-        )
+STALE_RUN_SECONDS = 600.0
+"""A building run untouched this long belongs to a killed indexer; live runs touch theirs every few seconds."""
+TOUCH_SECONDS = 20.0
+
+
+def _dead_or_replaced(sae_id: int, keep: int | None) -> Any:
+    """Runs of the SAE that may go: complete ones other than `keep`, failed ones, and stale building ones."""
+    cutoff = utcnow() - timedelta(seconds=STALE_RUN_SECONDS)
+    last_sign = func.coalesce(IndexRun.updated_at, IndexRun.started_at)
+    return delete(IndexRun).where(
+        IndexRun.sae_id == sae_id,
+        IndexRun.id != (keep if keep is not None else -1),
+        or_(IndexRun.status != "building", last_sign < cutoff),
     )
+
+
+def _touch(engine: Engine, run_id: int) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(IndexRun).where(IndexRun.id == run_id).values(updated_at=utcnow()))
 
 
 def index_sae(
@@ -89,8 +103,6 @@ def index_sae(
     `fail_after_write_batches` raises after that many write transactions (tests of the
     interrupted-write path).
     """
-    import time
-
     from trainer.distributed import resolve_device
     from trainer.feature_stats import StatsConfig
     from trainer.index_pass import IndexPassConfig, run_index_pass
@@ -103,7 +115,7 @@ def index_sae(
             raise RegistryError(
                 f"SAE {name!r} names no model, layer and site: re-import it with --model, --layer and --site"
             )
-        _stale_runs(session, sae)
+        session.execute(_dead_or_replaced(sae.id, sae.index_run_id))  # killed runs; another live one may stay
         model_name, layer, site = sae.model.name, sae.layer, sae.site
         sae_id, model_id, sae_context = sae.id, sae.model.id, sae.context_size
         dataset = (
@@ -127,7 +139,16 @@ def index_sae(
         session.flush()
         run_id = run.id
     try:
-        result = _stream(lm, loaded_sae.sae, layer, site, pass_cfg, opts, on_progress, run_index_pass)
+        last_touch = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last_touch[0] > TOUCH_SECONDS:
+                _touch(engine, run_id)
+                last_touch[0] = time.monotonic()
+            if on_progress is not None:
+                on_progress(done, total)
+
+        result = _stream(lm, loaded_sae.sae, layer, site, pass_cfg, opts, progress, run_index_pass)
         vocab = token_strings(lm.tokenizer)
         start = time.perf_counter()
         with session_scope(engine) as session:
@@ -145,7 +166,7 @@ def index_sae(
             )  # fmt: skip
             session.execute(update(SAE).where(SAE.id == sae_id).values(index_run_id=run_id, indexed_tokens=tokens))
         with session_scope(engine) as session:  # the old index is unreachable now; free its rows
-            session.execute(delete(IndexRun).where(IndexRun.sae_id == sae_id, IndexRun.id != run_id))
+            session.execute(_dead_or_replaced(sae_id, run_id))
         seconds_write = time.perf_counter() - start
     except BaseException:
         _drop_run(engine, run_id)
@@ -167,6 +188,7 @@ def write_rows(
             session.execute(insert(Feature), features)
             if examples:
                 session.execute(insert(Example), examples)
+            session.execute(update(IndexRun).where(IndexRun.id == run_id).values(updated_at=utcnow()))
         n_examples += len(examples)
     return n_examples
 

@@ -144,6 +144,9 @@ class IndexRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, default=utcnow, doc="Touched while the run streams and writes; a stale building run is dead."
+    )
 
 
 class Feature(Base):

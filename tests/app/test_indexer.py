@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,20 @@ def test_index_matches_brute_force_and_the_direct_logit_lens(
         assert vocab[2] == "<bos>" and len(vocab) == session.scalar(select(Model.vocab_size))
 
 
+def test_a_live_run_of_another_indexer_is_left_alone(registered: tuple[Engine, Any]) -> None:
+    engine, _ = registered
+    with session_scope(engine) as session:  # another process is building an index right now
+        sae_id = session.scalar(select(SAE.id).where(SAE.name == "tiny"))
+        other = IndexRun(sae_id=sae_id, status="building")
+        session.add(other)
+        session.flush()
+        other_id = other.id
+    mine = index_sae(engine, "tiny", opts())
+    with session_scope(engine) as session:
+        assert set(session.scalars(select(IndexRun.id))) == {other_id, mine.run_id}
+        assert session.scalar(select(SAE.index_run_id)) == mine.run_id
+
+
 def test_rerun_replaces_the_index_atomically(registered: tuple[Engine, Any]) -> None:
     engine, _ = registered
     first = index_sae(engine, "tiny", opts())
@@ -147,7 +162,8 @@ def test_a_killed_run_is_invisible_and_cleaned_by_the_next(registered: tuple[Eng
     before = _visible(engine)
     with session_scope(engine) as session:  # what kill -9 mid-write leaves behind
         sae_id = session.scalar(select(SAE.id).where(SAE.name == "tiny"))
-        orphan = IndexRun(sae_id=sae_id, status="building")
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        orphan = IndexRun(sae_id=sae_id, status="building", started_at=long_ago, updated_at=long_ago)
         session.add(orphan)
         session.flush()
         stats = dict(fire_count=1, frequency=1.0, max_activation=9.0, mean_activation=9.0)
