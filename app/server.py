@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import Settings
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
         if close is not None:
             await close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets served locally: the tool works offline
         title="jumpscope",
         summary="Browse, encode and rate JumpReLU sparse autoencoder features.",
         version=_version(),

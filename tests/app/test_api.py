@@ -46,7 +46,10 @@ def test_health_and_openapi(client: TestClient) -> None:
     for path in ["/api/v1/saes", "/api/v1/saes/{sae}/features/{index}", "/api/v1/saes/{sae}/encode",
                  "/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/saes/{sae}/ratings.csv"]:  # fmt: skip
         assert path in doc["paths"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "http" not in docs.text.split("<body>")[0].replace("http-equiv", "")
+    for asset in [u for u in docs.text.split('"') if u.startswith("/static-offline-docs/")]:
+        assert client.get(asset).status_code == 200, asset  # served locally: /docs works offline
 
 
 def test_saes(client: TestClient) -> None:
