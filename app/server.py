@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     app.state.settings = settings
     app.state.engine = engine_for(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
+    app.state.encode_targets = {}  # SAE name -> (time, encoder target), see routers.encode
     app.state.encoder = encoder or make_encoder(
         settings.worker_url, max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,
         max_batch_texts=settings.encode_max_batch, window_ms=settings.encode_window_ms,

@@ -33,9 +33,11 @@ try:
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TEXT_64 = (
+TEXT_64 = (  # 64 Gemma 3 tokens with BOS
     "The committee met on Tuesday to discuss the new bridge across the river. Engineers said the steel would "
-    "arrive in spring, and the mayor promised that work would begin before the summer floods. Residents asked"
+    "arrive in spring, and the mayor promised that work would begin before the summer floods. Residents asked "
+    "whether the old ferry would keep running until the bridge opened, and the council agreed to fund it for one "
+    "more year again."
 )
 
 
@@ -141,6 +143,30 @@ def read_latency(base: str, width: int, n: int) -> tuple[list[float], list[float
     return detail, listing
 
 
+def ceiling(sae_dir: Path, rounds: int = 5) -> tuple[float, float]:
+    """In-process tokens/s of forward + encode for 1 text and for 16 texts of 64 tokens: the batching ceiling."""
+    import torch
+
+    from trainer.formats import load_native
+    from trainer.models import load_model
+    from trainer.sites import harvest
+
+    loaded = load_native(sae_dir)
+    lm = load_model(loaded.meta.model or "gemma3-270m")
+    ids = lm.tokenizer(TEXT_64, return_tensors="pt").input_ids  # (1, 64)
+    rates = []
+    with torch.no_grad():
+        for n in (1, 16):
+            batch = ids.repeat(n, 1)
+            harvest(lm.model, batch, None, loaded.meta.layer or 0, "resid")
+            start = time.perf_counter()
+            for _ in range(rounds):
+                acts = harvest(lm.model, batch, None, loaded.meta.layer or 0, "resid")
+                loaded.sae.encode(acts.reshape(-1, acts.shape[-1]))
+            rates.append(n * ids.shape[1] * rounds / (time.perf_counter() - start))
+    return rates[0], rates[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sae", type=Path, default=Path("runs/demo/sae"), help="native SAE folder for encoding")
@@ -179,6 +205,10 @@ def main() -> None:
             f"16-client throughput, batching on vs off: {on[16] / off[16]:.2f}x; "
             f"batching on, 16 clients vs sequential: {on[16] / on[1]:.2f}x (goal >= 3x)"
         )
+        one, sixteen = ceiling(args.sae)
+        print(f"ceiling, in process without HTTP: forward + encode of 1 text {one:.0f} tok/s, of 16 texts in one "
+              f"batch {sixteen:.0f} tok/s: batching can gain at most {sixteen / one:.2f}x on this machine; "
+              f"the server reaches {on[16] * 64 / sixteen:.0%} of the batched rate")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +14,21 @@ from app.routers.errors import INVALID, NOT_FOUND, UNAVAILABLE
 router = APIRouter(prefix="/api/v1/saes/{sae}", tags=["encode"], responses=INVALID)
 
 
+TARGET_TTL = 5.0
+"""Seconds an SAE's encode target (model, layer, site, weights path) is reused without asking the database."""
+
+
 def _target(request: Request, sae: str) -> object:
+    cache: dict[str, tuple[float, object]] = request.app.state.encode_targets
+    hit = cache.get(sae)
+    if hit is not None and time.monotonic() - hit[0] < TARGET_TTL:
+        return hit[1]
+    target = _lookup(request, sae)
+    cache[sae] = (time.monotonic(), target)
+    return target
+
+
+def _lookup(request: Request, sae: str) -> object:
     from app.encoder import SAETarget
 
     with request.app.state.sessions() as session:
@@ -40,7 +56,11 @@ def _out(result: object) -> EncodeOut:
     summary="Encode text into the SAE's features",
 )  # fmt: skip
 async def encode(sae: str, body: EncodeIn, request: Request) -> EncodeOut | EncodeBatchOut:
-    target = await run_in_threadpool(_target, request, sae)
+    cached = request.app.state.encode_targets.get(sae)
+    if cached is not None and time.monotonic() - cached[0] < TARGET_TTL:
+        target = cached[1]
+    else:
+        target = await run_in_threadpool(_target, request, sae)
     texts = [body.text] if isinstance(body, EncodeText) else list(body.texts)
     results = await request.app.state.encoder.encode(
         target, texts, top_k=body.top_k, features=body.features, include_bos=body.include_bos
