@@ -48,28 +48,36 @@ def short_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def register_tiny(engine: Engine, folder: Path, model_dir: Path, docs: Path) -> Any:
+    """Register a random JumpReLU SAE on the tiny model's layer 1 resid as 'tiny'; returns the SAE."""
+    sae = random_jumprelu(64)
+    meta = SAEMetadata(model=str(model_dir), layer=1, site="resid", context_size=CONTEXT, dataset=str(docs))
+    save_native(folder / "src", sae, meta)
+    with session_scope(engine) as session:
+        import_sae(session, folder / "src", data_dir=folder / "data", name="tiny")
+    return sae
+
+
+def index_tiny(engine: Engine) -> None:
+    """Index 'tiny' over 1,500 tokens of the short documents (small top-K, windows and bands)."""
+    from app.indexer import IndexOptions, index_sae
+
+    opts = IndexOptions(tokens=1500, top_k=4, window=16, n_bands=3, band_size=2, n_bins=10, device="cpu",
+                        progress=False)  # fmt: skip
+    index_sae(engine, "tiny", opts)
+
+
 @pytest.fixture
 def registered(store: Engine, tiny_model_dir: Path, tmp_path: Path, short_docs: Path) -> tuple[Engine, Any]:
     """The store with one SAE on the tiny model's layer 1 residual stream registered as 'tiny'."""
-    sae = random_jumprelu(64)
-    meta = SAEMetadata(model=str(tiny_model_dir), layer=1, site="resid", context_size=CONTEXT,
-                       dataset=str(short_docs))  # fmt: skip
-    save_native(tmp_path / "src", sae, meta)
-    with session_scope(store) as session:
-        import_sae(session, tmp_path / "src", data_dir=tmp_path / "data", name="tiny")
-    return store, sae
+    return store, register_tiny(store, tmp_path, tiny_model_dir, short_docs)
 
 
 @pytest.fixture
 def indexed(registered: tuple[Engine, Any]) -> tuple[Engine, Any]:
     """`registered`, indexed over 1,500 tokens of the short documents."""
-    from app.indexer import IndexOptions, index_sae
-
-    engine, sae = registered
-    opts = IndexOptions(tokens=1500, top_k=4, window=16, n_bands=3, band_size=2, n_bins=10, device="cpu",
-                        progress=False)  # fmt: skip
-    index_sae(engine, "tiny", opts)
-    return engine, sae
+    index_tiny(registered[0])
+    return registered
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -81,20 +89,12 @@ def shared_index(
     Tests using it must not depend on each other's writes (use their own feature indices and raters).
     """
     from app.db import engine_for, upgrade
-    from app.indexer import IndexOptions, index_sae
     from tests.conftest import database
 
     folder = tmp_path_factory.mktemp(f"shared-{request.param}")
     with database(request.param, folder) as url:
         upgrade(url)
         engine = engine_for(url)
-        sae = random_jumprelu(64)
-        meta = SAEMetadata(model=str(tiny_model_dir), layer=1, site="resid", context_size=CONTEXT,
-                           dataset=str(short_docs))  # fmt: skip
-        save_native(folder / "src", sae, meta)
-        with session_scope(engine) as session:
-            import_sae(session, folder / "src", data_dir=folder / "data", name="tiny")
-        opts = IndexOptions(tokens=1500, top_k=4, window=16, n_bands=3, band_size=2, n_bins=10, device="cpu",
-                            progress=False)  # fmt: skip
-        index_sae(engine, "tiny", opts)
+        sae = register_tiny(engine, folder, tiny_model_dir, short_docs)
+        index_tiny(engine)
         yield url, engine, sae, folder
