@@ -106,7 +106,7 @@ def test_two_worker_processes_run_every_job_exactly_once(
 def test_a_killed_workers_training_job_resumes_from_its_checkpoint(
     store: Engine, db_url: str, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    params = {"name": "resumed", "model": str(tiny_model_dir), "layer": 1, "width": 64, "tokens": 256 * 300,
+    params = {"name": "resumed", "model": str(tiny_model_dir), "layer": 1, "width": 64, "tokens": 256 * 120,
               "batch_size": 256, "context_size": 48, "checkpoint_every": 10}  # fmt: skip
     job_id = jobs.enqueue(store, "train", params)
     first = _worker(db_url, tmp_path, "doomed")
@@ -125,4 +125,4 @@ def test_a_killed_workers_training_job_resumes_from_its_checkpoint(
         assert job is not None
         assert (job.status, job.worker, job.attempts) == ("succeeded", "heir", 2), job.error
         assert job.result["resumed"] is True and job.result["sae"] == "resumed"
-        assert job.metrics and job.metrics[-1]["step"] == 300
+        assert job.metrics and job.metrics[-1]["step"] == 120
