@@ -190,16 +190,22 @@ def _tokens(pairs: list[Any], vocab: tuple[str, ...]) -> list[OutputToken]:
 def feature_detail(session: Session, name: str, index: int, vocab: tuple[str, ...]) -> FeatureDetail:
     sae = get_sae(session, name)
     check_index(sae, index)
-    if sae.index_run_id is None:
-        raise NotFound(f"SAE {name!r} is not indexed yet: run `jumpscope index {name}`")
-    feature = session.get(Feature, (sae.index_run_id, index))
-    if feature is None:
+    for _attempt in range(3):  # a re-index may swap the run between our reads: read the new one
+        if sae.index_run_id is None:
+            raise NotFound(f"SAE {name!r} is not indexed yet: run `jumpscope index {name}`")
+        run_id = sae.index_run_id
+        feature = session.get(Feature, (run_id, index), populate_existing=True)
+        examples = session.scalars(
+            select(Example)
+            .where(Example.run_id == run_id, Example.feature_index == index)
+            .order_by(Example.band, Example.rank)
+        ).all()
+        if feature is not None and session.get(IndexRun, run_id, populate_existing=True) is not None:
+            break
+        session.refresh(sae)
+    else:
         raise NotFound(f"feature {index} of {name!r} is missing from its index")
-    examples = session.scalars(
-        select(Example)
-        .where(Example.run_id == sae.index_run_id, Example.feature_index == index)
-        .order_by(Example.band, Example.rank)
-    ).all()
+    assert feature is not None
     bands: dict[int, BandOut] = {}
     for e in examples:
         if e.band >= 0 and e.band not in bands:

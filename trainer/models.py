@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -170,6 +171,10 @@ def special_token_ids(tokenizer: Any) -> set[int]:
 # load_model
 
 
+_LOAD_LOCK = threading.Lock()
+"""transformers' loading is not thread-safe (meta-tensor copies, lazy imports): one load at a time per process."""
+
+
 def load_model(
     name: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> LoadedModel:
@@ -177,7 +182,13 @@ def load_model(
 
     device: "cpu", "cuda", "cuda:N", "auto" or a torch.device. dtype: fp32 on CPU; bf16
     (default) or fp32 on CUDA. The model comes back in eval mode with requires_grad off.
+    Thread-safe: concurrent calls in one process (a worker's job and its encoder) load one at a time.
     """
+    with _LOAD_LOCK:
+        return _load_model(name, device=device, dtype=dtype)
+
+
+def _load_model(name: str, *, device: str | torch.device, dtype: torch.dtype | None) -> LoadedModel:
     dev = _resolve_device_arg(device)
     dt = _resolve_dtype(dev, dtype)
     source, local_only = _resolve_source(name)
