@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,33 @@ NO_NUL = r"^[^\x00]*$"
 """Postgres text cannot hold NUL characters: string fields refuse them (422, never a database error)."""
 MAX_TEXTS = 16
 MAX_TEXT_CHARS = 20_000
+
+
+def _types(annotation: Any) -> set[Any]:
+    """The plain types inside an annotation (int | None -> {int, NoneType}; list[int] -> {list, int})."""
+    args = get_args(annotation)
+    found = {get_origin(annotation) or annotation}
+    for arg in args:
+        found |= _types(arg)
+    return found
+
+
+class _Request(BaseModel):
+    """A request body: unknown keys refused, and true/false never read as a number (pydantic's lax mode would)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                items = value if isinstance(value, list) else [value]
+                numeric = _types(field.annotation) & {int, float}
+                if numeric and any(isinstance(v, bool | str) for v in items):
+                    raise ValueError(f"{name}: must be a number, not {json.dumps(value)[:40]}")
+        return data
 
 
 class Health(BaseModel):
@@ -133,7 +160,7 @@ class FeatureDetail(BaseModel):
     ratings: RatingSummary
 
 
-class RatingIn(BaseModel):
+class RatingIn(_Request):
     model_config = ConfigDict(extra="forbid")
 
     rater: str | None = Field(
@@ -177,7 +204,7 @@ class RatingOut(BaseModel):
     updated_at: datetime
 
 
-class _EncodeOptions(BaseModel):
+class _EncodeOptions(_Request):
     model_config = ConfigDict(extra="forbid")
 
     top_k: int | None = Field(None, ge=1, description="Keep the k strongest features per token (at most d_sae).")
@@ -274,7 +301,7 @@ def _no_nul(value: Any, where: str) -> None:
             _no_nul(item, where)
 
 
-class TrainJobParams(BaseModel):
+class TrainJobParams(_Request):
     """A training job: the same choices as `jumpscope train`, then registration (and optionally indexing)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -306,7 +333,7 @@ class TrainJobParams(BaseModel):
         return self
 
 
-class IndexJobParams(BaseModel):
+class IndexJobParams(_Request):
     """An indexing job: the same choices as `jumpscope index`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -324,14 +351,14 @@ class IndexJobParams(BaseModel):
         return self
 
 
-class TrainJobIn(BaseModel):
+class TrainJobIn(_Request):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["train"]
     params: TrainJobParams
 
 
-class IndexJobIn(BaseModel):
+class IndexJobIn(_Request):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["index"]

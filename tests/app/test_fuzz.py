@@ -37,7 +37,8 @@ def fuzz(operation: Any, mode: Any) -> Any:
     excluded = [positive_data_acceptance] if operation.path.endswith("/encode") else []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)  # fmt: skip
     def check(case: Any) -> None:
         case.call_and_validate(excluded_checks=excluded)
 
