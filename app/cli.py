@@ -16,6 +16,7 @@ from rich.table import Table
 
 from app.settings import Settings
 from app.stages import evaluate_sae_dir, lm_metadata, lm_source, write_activation_cache
+from app.sweep_cli import sweep_command
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -704,6 +705,9 @@ def demo(
 
         console.print(f"stage 5/5: serving on http://{host}:{port}/saes/{name} (Ctrl-C stops)")
         uvicorn.run("app.server:create_app", factory=True, host=host, port=port, log_level="warning")
+
+
+app.command("sweep")(sweep_command)
 
 
 def _demo_index(sae_dir: Path, metrics: dict[str, Any], tokens: int, device: str, *, fresh: bool) -> str:

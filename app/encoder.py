@@ -354,6 +354,8 @@ class LocalEncoder:
                 model = load_model(name, device=self.device)
             except ModelError as err:
                 raise EncoderUnavailable(f"cannot load model {name}: {err}") from err
+            except Exception as err:  # a broken folder or out of memory: still 503, never a 500
+                raise EncoderUnavailable(f"cannot load model {name}: {type(err).__name__}: {err}") from err
             with self._guard:
                 self._models[name] = model
                 self.model_loads += 1

@@ -257,3 +257,45 @@ class ApiToken(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Sweep(Base):
+    """A sparsity sweep (jumpscope sweep): SAEs of several architectures trained and evaluated alike."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    model: Mapped[str | None] = mapped_column(String(200))
+    layer: Mapped[int | None]
+    site: Mapped[str | None] = mapped_column(String(20))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict, doc="trainer.sweep.SweepConfig as JSON.")
+    budget: Mapped[dict[str, Any]] = mapped_column(default=dict, doc="Seconds per stage (harvest, train, eval, total).")
+    plots: Mapped[dict[str, Any]] = mapped_column(default=dict, doc="SVG text of each plot by name.")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    points: Mapped[list[SweepPointRow]] = relationship(
+        back_populates="sweep", cascade="all, delete-orphan", order_by="SweepPointRow.id"
+    )
+
+
+class SweepPointRow(Base):
+    """One SAE of a sweep: its architecture, knob value and held-out metrics."""
+
+    __tablename__ = "sweep_points"
+    __table_args__ = (UniqueConstraint("sweep_id", "architecture", "value", name="uq_sweep_points_point"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    sae_id: Mapped[int | None] = mapped_column(
+        ForeignKey("saes.id", ondelete="SET NULL"), index=True, doc="The registered SAE (NULL once it is deleted)."
+    )
+    architecture: Mapped[str] = mapped_column(String(20))
+    knob: Mapped[str] = mapped_column(String(20), doc="lambda or k")
+    value: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    train_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="points")
+    sae: Mapped[SAE | None] = relationship()

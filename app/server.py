@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     """The FastAPI app for `settings` (default: from the environment); `encoder` overrides the configured one."""
     from app.db import check_schema, engine_for, session_factory
     from app.encoder import make_encoder
-    from app.routers import encode, errors, features, health, jobs, ratings, saes
+    from app.routers import encode, errors, features, health, jobs, ratings, saes, sweeps
 
     settings = settings or Settings()
 
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
         batching=settings.encode_batching, device=settings.device,
     )  # fmt: skip
     errors.install(app)
-    for module in (health, saes, features, ratings, encode, jobs):
+    for module in (health, saes, features, ratings, encode, jobs, sweeps):
         app.include_router(module.router)
     _mount_pages(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)

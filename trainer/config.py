@@ -142,7 +142,10 @@ DEFAULT_SPARSITY: dict[str, float] = {
 
 
 def sparsity_coeff(sae: SAEConfig, train: TrainConfig) -> float:
-    """The lambda in force: the run's own, or the architecture's default."""
+    """The coefficient the SAE's training step gets: the run's lambda, or the architecture's
+    default; for TopK (no sparsity penalty) the AuxK weight alpha."""
+    if sae.architecture == "topk":
+        return train.aux_coeff
     if train.sparsity_coeff is not None:
         return train.sparsity_coeff
     return DEFAULT_SPARSITY[sae.architecture]
@@ -188,9 +191,9 @@ def lr_at(step: int, train: TrainConfig) -> float:
     return lr
 
 
-def sparsity_at(step: int, coeff: float, train: TrainConfig) -> float:
-    """lambda at `step`: linear warm-up from 0 over sparsity_warmup_steps."""
-    if train.sparsity_warmup_steps <= 0:
+def sparsity_at(step: int, coeff: float, train: TrainConfig, architecture: str = "jumprelu") -> float:
+    """lambda at `step`: linear warm-up from 0 over sparsity_warmup_steps (TopK's AuxK weight has none)."""
+    if train.sparsity_warmup_steps <= 0 or architecture == "topk":
         return coeff
     return coeff * min(1.0, step / train.sparsity_warmup_steps)
 

@@ -234,7 +234,7 @@ class Trainer:
                         f"--tokens asks for {total * cfg.batch_size}"
                     ) from None
                 x = x.to(ctx.device, non_blocking=True) / scale  # (B_rank, d_in)
-                lam = sparsity_at(step, coeff, cfg)
+                lam = sparsity_at(step, coeff, cfg, self.sae_cfg.architecture)
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, FastAPI, Request
@@ -45,7 +45,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import page_helpers as ph
-from app import queries
+from app import queries, sweep_results
 from app.api_models import FeatureDetail, RatingIn, RatingOut
 from app.auth import AuthError, authenticate, hash_token, tokens_configured
 from app.registry import NotFound, RegistryError, get_sae
@@ -732,3 +732,27 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
     last = metrics[-1] if metrics and isinstance(metrics[-1], dict) else {}
     return render(request, "job.html", {"job": view, "charts": charts, "last": last, "points": len(metrics),
                                         "refresh": view["status"] in RUNNING})  # fmt: skip
+
+
+# --- sweeps ---------------------------------------------------------------------------------------------------------
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_list_page(request: Request) -> HTMLResponse:
+    with _session(request) as session:
+        sweeps = sweep_results.list_sweeps(session)
+    return render(request, "compare_list.html", {"sweeps": sweeps})
+
+
+@router.get("/compare/{sweep}", response_class=HTMLResponse)
+def compare_page(request: Request, sweep: str) -> HTMLResponse:
+    with _session(request) as session:
+        doc = sweep_results.sweep_doc(session, sweep)
+    if doc is None:
+        return error_page(request, 404, "No such sweep", f"There is no sweep named {sweep!r}. All sweeps are on /compare.")
+    charts = sweep_results.plots(doc, lambda row: f"/saes/{quote(row['sae'])}" if row["sae"] else None)
+    by_arch: dict[str, list[dict[str, Any]]] = {}
+    for row in doc["points"]:
+        by_arch.setdefault(row["architecture"], []).append(row)
+    return render(request, "compare.html", {"sweep": doc, "charts": charts, "by_arch": by_arch,
+                                            "plot_labels": sweep_results.PLOTS})  # fmt: skip

@@ -8,6 +8,7 @@ import io
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app import queries
 from app.api_models import RatingIn, RatingOut
@@ -30,14 +31,21 @@ def store_rating(session: SessionDep, sae: str, index: int, body: RatingIn, rate
     row = get_sae(session, sae)
     queries.check_index(row, index)
     name = rater or body.rater or ANONYMOUS
-    rating = session.scalar(
-        select(Rating).where(Rating.sae_id == row.id, Rating.feature_index == index, Rating.rater == name,
-                             Rating.study_id == body.study_id).with_for_update()
-    )  # fmt: skip
+    key = (Rating.sae_id == row.id, Rating.feature_index == index, Rating.rater == name,
+           Rating.study_id == body.study_id)  # fmt: skip
+    rating = session.scalar(select(Rating).where(*key).with_for_update())
     created = rating is None
     if rating is None:
-        rating = Rating(sae_id=row.id, feature_index=index, rater=name, study_id=body.study_id)
-        session.add(rating)
+        # Two first ratings of the same key can race past the select: insert in a savepoint and,
+        # if the other one won, edit its row instead (the unique constraint decides, not a 500).
+        try:
+            with session.begin_nested():
+                rating = Rating(sae_id=row.id, feature_index=index, rater=name, study_id=body.study_id,
+                                label=body.label)  # fmt: skip
+                session.add(rating)
+        except IntegrityError:
+            rating = session.scalars(select(Rating).where(*key).with_for_update()).one()
+            created = False
     rating.label, rating.note, rating.blinded, rating.shown = body.label, body.note, body.blinded, body.shown
     rating.presentation_order, rating.time_spent_ms = body.presentation_order, body.time_spent_ms
     session.flush()

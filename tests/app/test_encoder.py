@@ -492,7 +492,13 @@ def test_remote_maps_errors(encoder: LocalEncoder, target: SAETarget, tmp_path: 
             await remote.encode(target, [None])  # type: ignore[list-item]
         with pytest.raises(EncoderUnavailable, match=r"worker at http://worker answered 503.*cannot load SAE 'gone'"):
             await remote.encode(missing, [SHORT])
+        with pytest.raises(EncoderUnavailable, match=r"answered 503.*cannot load model .*broken"):
+            await remote.encode(broken_model, [SHORT])
 
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "gemma2", "hidden_size": "wide"')  # truncated JSON
+    broken_model = SAETarget(**{**target.__dict__, "name": "other", "model": str(broken)})
     asyncio.run(run())
 
 

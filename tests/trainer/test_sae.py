@@ -609,3 +609,15 @@ def test_default_config_is_the_paper_jumprelu() -> None:
     assert cfg.threshold_init == 0.001
     assert cfg.threshold_param == "log"
     assert cfg.use_pre_enc_bias
+
+
+def test_topk_trains_with_the_auxk_weight_from_the_first_step_and_others_warm_up_lambda() -> None:
+    from trainer.config import TrainConfig, sparsity_at, sparsity_coeff
+
+    train = TrainConfig(tokens=8192, batch_size=1024, sparsity_coeff=0.5, sparsity_warmup_steps=4)
+    topk = SAEConfig(d_in=16, d_sae=48, architecture="topk", k=4)
+    assert sparsity_coeff(topk, train) == train.aux_coeff == 1 / 32  # lambda is not TopK's knob: k is
+    assert [sparsity_at(s, 1 / 32, train, "topk") for s in (0, 2, 8)] == [1 / 32] * 3
+    relu = SAEConfig(d_in=16, d_sae=48, architecture="relu")
+    assert sparsity_coeff(relu, train) == 0.5
+    assert [sparsity_at(s, 0.5, train, "relu") for s in (0, 2, 8)] == [0.0, 0.25, 0.5]

@@ -1,0 +1,87 @@
+"""A sweep's results: the document (results.json), its CSV, its plots, and reading it from the store.
+
+Pure data and SVG (no torch), shared by `jumpscope sweep`, the REST API and the /compare pages.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from markupsafe import Markup
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.pareto_chart import ChartPoint, pareto_svg
+from app.schema import Sweep
+from trainer.pareto import METRICS, matched_l0
+
+PLOTS: dict[str, str] = {"fvu": "FVU (fraction of variance unexplained)", "delta_lm_loss": "delta LM loss (nats)"}
+"""The plots of a sweep: metric -> its axis label."""
+
+CSV_FIELDS = ["sweep", "sae", "architecture", "knob", "value", *METRICS, "train_seconds"]
+
+
+def results_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+    return buffer.getvalue()
+
+
+def chart_series(rows: Sequence[dict[str, Any]], metric: str, href: Callable[[dict[str, Any]], str | None]
+                 ) -> dict[str, list[ChartPoint]]:  # fmt: skip
+    """Points of one plot, by architecture, in the order architectures first appear."""
+    series: dict[str, list[ChartPoint]] = {}
+    for row in rows:
+        value = row.get(metric)
+        if value is None or row.get("l0") is None or not math.isfinite(float(value)):
+            continue
+        label = (f"{row['architecture']} {row['knob']}={row['value']:g}: L0 {row['l0']:.1f}, "
+                 f"{metric} {float(value):.4g}")  # fmt: skip
+        series.setdefault(row["architecture"], []).append(ChartPoint(float(row["l0"]), float(value), label, href(row)))
+    return series
+
+
+def plots(doc: dict[str, Any], href: Callable[[dict[str, Any]], str | None]) -> dict[str, Markup]:
+    """Every plot of a results document as SVG, points linking where `href` says."""
+    title = f"{doc['name']}: {doc.get('model')} layer {doc.get('layer')} {doc.get('site')}"
+    return {m: pareto_svg(chart_series(doc["points"], m, href), label, title) for m, label in PLOTS.items()}
+
+
+def sweep_doc(session: Session, name: str) -> dict[str, Any] | None:
+    """A stored sweep as a results document (points carry their SAE's current name, or None)."""
+    sweep = session.scalar(select(Sweep).where(Sweep.name == name))
+    if sweep is None:
+        return None
+    rows = [
+        {"sweep": sweep.name, "sae": p.sae.name if p.sae is not None else None, "architecture": p.architecture,
+         "knob": p.knob, "value": p.value, **p.metrics, "train_seconds": p.train_seconds}
+        for p in sweep.points
+    ]  # fmt: skip
+    return {"name": sweep.name, "model": sweep.model, "layer": sweep.layer, "site": sweep.site,
+            "config": sweep.config, "budget": sweep.budget, "points": rows,
+            "matched_l0": {m: matched_l0(rows, m) for m in PLOTS},
+            "created_at": sweep.created_at.isoformat(), "updated_at": sweep.updated_at.isoformat()}  # fmt: skip
+
+
+def list_sweeps(session: Session) -> list[dict[str, Any]]:
+    """Every stored sweep, newest first: name, model, layer, site, points, architectures, budget."""
+    sweeps = session.scalars(select(Sweep).order_by(Sweep.created_at.desc(), Sweep.id.desc())).all()
+    return [
+        {"name": s.name, "model": s.model, "layer": s.layer, "site": s.site, "n_points": len(s.points),
+         "architectures": list(dict.fromkeys(p.architecture for p in s.points)), "budget": s.budget,
+         "created_at": s.created_at}
+        for s in sweeps
+    ]  # fmt: skip
+
+
+def stored_plot(session: Session, name: str, plot: str) -> str | None:
+    """The SVG text stored with a sweep, or None."""
+    sweep = session.scalar(select(Sweep).where(Sweep.name == name))
+    return None if sweep is None else sweep.plots.get(plot)
