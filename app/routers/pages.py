@@ -749,7 +749,8 @@ def compare_page(request: Request, sweep: str) -> HTMLResponse:
     with _session(request) as session:
         doc = sweep_results.sweep_doc(session, sweep)
     if doc is None:
-        return error_page(request, 404, "No such sweep", f"There is no sweep named {sweep!r}. All sweeps are on /compare.")
+        message = f"There is no sweep named {sweep!r}. All sweeps are on /compare."
+        return error_page(request, 404, "No such sweep", message)
     charts = sweep_results.plots(doc, lambda row: f"/saes/{quote(row['sae'])}" if row["sae"] else None)
     by_arch: dict[str, list[dict[str, Any]]] = {}
     for row in doc["points"]:

@@ -31,8 +31,8 @@ def get_sweep(sweep: str, session: SessionDep) -> SweepDetail:
 
 
 @router.get(
-    "/{sweep}/results.csv", responses={**NOT_FOUND, 200: {"content": {"text/csv": {}}, "description": "One row per SAE"}},
-    response_class=Response, summary="A sweep's results as CSV",
+    "/{sweep}/results.csv", response_class=Response, summary="A sweep's results as CSV",
+    responses={**NOT_FOUND, 200: {"content": {"text/csv": {}}, "description": "One row per SAE"}},
 )  # fmt: skip
 def sweep_csv(sweep: str, session: SessionDep) -> Response:
     doc = _doc(session, sweep)

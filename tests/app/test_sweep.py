@@ -61,7 +61,7 @@ def test_every_point_is_trained_evaluated_and_written(swept: dict[str, Any]) -> 
     assert {(r["architecture"], r["value"]) for r in rows} == expected
     for row in rows:
         assert (out / "saes" / SweepPoint(row["architecture"], row["value"]).slug / "sae.safetensors").exists()
-        assert row["l0"] > 0 and 0 < row["fvu"] and math.isfinite(row["delta_lm_loss"])
+        assert row["l0"] > 0 and row["fvu"] > 0 and math.isfinite(row["delta_lm_loss"])
         assert row["tokens"] == 2048  # the same held-out activations for every SAE
         assert row["lm_tokens"] >= 256  # and the same predictions
         if row["architecture"] == "topk":
@@ -150,7 +150,8 @@ def test_the_cli_registered_every_sae_and_the_sweep(swept: dict[str, Any]) -> No
         points = session.scalars(select(SweepPointRow).where(SweepPointRow.sweep_id == sweep.id)).all()
         assert len(points) == N_POINTS
         for point in points:
-            assert point.sae is not None and point.sae.name == f"pareto-{SweepPoint(point.architecture, point.value).slug}"
+            slug = SweepPoint(point.architecture, point.value).slug
+            assert point.sae is not None and point.sae.name == f"pareto-{slug}"
             assert point.sae.architecture == point.architecture and point.sae.metrics["l0"] == point.metrics["l0"]
 
 
@@ -167,9 +168,7 @@ def test_storing_again_replaces_the_sweep_and_keeps_one_row_per_point(stored: tu
 
 def test_api_lists_and_details_the_sweep(client: TestClient) -> None:
     listed = client.get("/api/v1/sweeps").json()
-    assert [(s["name"], s["n_points"], s["architectures"]) for s in listed] == [
-        ("pareto", N_POINTS, list(TINY_GRID))
-    ]
+    assert [(s["name"], s["n_points"], s["architectures"]) for s in listed] == [("pareto", N_POINTS, list(TINY_GRID))]
     detail = client.get("/api/v1/sweeps/pareto").json()
     assert len(detail["points"]) == N_POINTS and detail["config"]["width"] == 64
     assert all(p["sae"].startswith("pareto-") and p["fvu"] > 0 for p in detail["points"])
