@@ -386,6 +386,7 @@ def index(
     from app.indexer import IndexOptions, index_sae
     from app.registry import RegistryError
     from trainer.activations import ActivationError
+    from trainer.feature_stats import StatsConfig
 
     checks = [("--tokens", tokens, 1), ("--top-k", top_k, 1), ("--window", window, 1), ("--bands", bands, 1),
               ("--band-size", band_size, 1), ("--bins", bins, 2), ("--model-batch", model_batch, 1)]  # fmt: skip
@@ -397,8 +398,8 @@ def index(
     engine = _store()
     opts = IndexOptions(
         tokens=tokens, dataset=dataset, text_column=text_column, split=split, context_size=context_size,
-        batch_sequences=model_batch, top_k=top_k, window=window, n_bands=bands, band_size=band_size, n_bins=bins,
-        seed=seed, device=device.value, progress=True,
+        batch_sequences=model_batch, device=device.value, progress=True,
+        stats=StatsConfig(top_k=top_k, window=window, n_bands=bands, band_size=band_size, n_bins=bins, seed=seed),
     )  # fmt: skip
 
     def terminate(_signum: int, _frame: Any) -> None:

@@ -22,8 +22,9 @@ from sqlalchemy import Engine, delete, func, insert, or_, select, update
 
 from app.db import session_scope
 from app.registry import RegistryError, get_sae, load_registered
-from app.schema import SAE, Example, Feature, IndexRun, Model, utcnow
+from app.schema import SAE, SNIPPET_SEPARATOR, Example, Feature, IndexRun, Model, utcnow
 from app.vocab import pack, token_strings
+from trainer.feature_stats import StatsConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,8 @@ class IndexOptions:
     context_size: int | None = None
     """Tokens per sequence; None = the SAE's training context size (else 128 on CPU, 1024 on GPU)."""
     batch_sequences: int = 8
-    top_k: int = 20
-    window: int = 64
-    n_bands: int = 5
-    band_size: int = 5
-    n_bins: int = 50
-    seed: int = 0
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    """What is kept per feature: top-K and band examples, their window, histogram bins, seed."""
     write_batch: int = 256
     """Features per write transaction."""
     device: str = "auto"
@@ -104,7 +101,6 @@ def index_sae(
     interrupted-write path).
     """
     from trainer.distributed import resolve_device
-    from trainer.feature_stats import StatsConfig
     from trainer.index_pass import IndexPassConfig, run_index_pass
     from trainer.models import load_model
     from trainer.text import default_context_size
@@ -127,9 +123,7 @@ def index_sae(
     context = opts.context_size or sae_context or default_context_size(device)
     pass_cfg = IndexPassConfig(
         tokens=opts.tokens, dataset=dataset, text_column=opts.text_column, split=opts.split, context_size=context,
-        batch_sequences=opts.batch_sequences,
-        stats=StatsConfig(top_k=opts.top_k, window=opts.window, n_bands=opts.n_bands, band_size=opts.band_size,
-                          n_bins=opts.n_bins, seed=opts.seed),
+        batch_sequences=opts.batch_sequences, stats=opts.stats,
     )  # fmt: skip
     params = {**asdict(pass_cfg.stats), "context_size": context, "split": opts.split, "model": model_name,
               "text_column": opts.text_column, **opts.extra}  # fmt: skip
@@ -304,7 +298,7 @@ def feature_rows(
                     top_logits=[[i, round(v, 5)] for i, v in zip(tids[f], tvals[f], strict=True)],
                     bottom_logits=[[i, round(v, 5)] for i, v in zip(bids[f], bvals[f], strict=True)],
                     similar=[[i, round(c, 5)] for i, c in zip(sids[f], scos[f], strict=True)],
-                    search_text=" \u2026 ".join(snippets),
+                    search_text=SNIPPET_SEPARATOR.join(snippets),
                 )
             )
         yield features, examples

@@ -130,6 +130,7 @@ def run_index(
     engine: Engine, _job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter
 ) -> dict[str, Any]:
     from app.indexer import IndexOptions, index_sae
+    from trainer.feature_stats import StatsConfig
 
     params = IndexJobParams.model_validate(raw)
     report.update(0.0, f"indexing {params.sae}")
@@ -137,8 +138,9 @@ def run_index(
     def progress(done: int, total: int) -> None:
         report.update(min(done, total) / total, f"indexed {done:,} of {total:,} tokens")
 
-    opts = IndexOptions(tokens=params.tokens, dataset=params.dataset, top_k=params.top_k, window=params.window,
-                        seed=params.seed, device=settings.device, progress=False)  # fmt: skip
+    stats = StatsConfig(top_k=params.top_k, window=params.window, seed=params.seed)
+    opts = IndexOptions(tokens=params.tokens, dataset=params.dataset, stats=stats, device=settings.device,
+                        progress=False)  # fmt: skip
     try:
         summary = index_sae(engine, params.sae, opts, on_progress=progress)
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from app.api_models import (
     SimilarFeature,
 )
 from app.registry import NotFound, get_sae
-from app.schema import SAE, Example, Feature, IndexRun, Rating
+from app.schema import SAE, SNIPPET_SEPARATOR, Example, Feature, IndexRun, Rating
 from app.vocab import decode
 
 SortKey = Literal["index", "frequency", "max_activation", "rating"]
@@ -150,7 +150,7 @@ def _summary(row: Any) -> FeatureSummary:
     f: Feature = row[0]
     return FeatureSummary(
         index=f.index, frequency=f.frequency, fire_count=f.fire_count, max_activation=f.max_activation,
-        mean_activation=f.mean_activation, top_text=f.search_text.split(" \u2026 ")[0] if f.search_text else "",
+        mean_activation=f.mean_activation, top_text=f.search_text.split(SNIPPET_SEPARATOR)[0] if f.search_text else "",
         ratings=RatingSummary(yes=row.yes or 0, maybe=row.maybe or 0, no=row.no or 0, total=row.total or 0),
     )  # fmt: skip
 

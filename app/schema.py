@@ -50,6 +50,8 @@ JOB_KINDS = ("train", "index")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 INDEX_STATUSES = ("building", "complete", "failed")
 NOTE_MAX_CHARS = 2000
+SNIPPET_SEPARATOR = " \u2026 "
+"""Joins the top examples' snippets in `features.search_text`; the first snippet is the top example's."""
 
 
 def utcnow() -> datetime:
@@ -168,7 +170,9 @@ class Feature(Base):
     top_logits: Mapped[list[Any]] = mapped_column(doc="[[token_id, value], ...] decoder row times unembedding.")
     bottom_logits: Mapped[list[Any]] = mapped_column()
     similar: Mapped[list[Any]] = mapped_column(doc="[[feature index, decoder cosine], ...].")
-    search_text: Mapped[str] = mapped_column(Text, default="", doc="Text of the top examples, for search.")
+    search_text: Mapped[str] = mapped_column(
+        Text, default="", doc=f"Text of the top examples, for search: snippets joined by {SNIPPET_SEPARATOR!r}."
+    )
 
 
 class Example(Base):

@@ -12,7 +12,7 @@ from rich.table import Table
 
 console = Console(stderr=True, soft_wrap=True)
 
-QUICK = {"width": 2048, "train_tokens": 300_000, "eval_tokens": 30_000, "lm_tokens": 2_048}
+QUICK = {"width": 2048, "train_tokens": 300_000, "batch_size": 1024, "eval_tokens": 30_000, "lm_tokens": 2_048}
 """--quick: fewer, smaller SAEs on fewer tokens (every other grid point)."""
 TINY = {"width": 64, "train_tokens": 16_384, "batch_size": 1024, "eval_tokens": 4_096, "lm_tokens": 512}
 """--tiny: a plumbing check on the tiny random Gemma 2 (numbers mean nothing)."""
@@ -37,7 +37,12 @@ def sweep_command(
     out: Annotated[
         Path | None, typer.Option(help="Folder for the cache, SAEs, results and plots (default runs/NAME).")
     ] = None,
-    name: Annotated[str, typer.Option(help="Sweep name; its SAEs register as NAME-ARCH-KNOBVALUE.")] = "pareto",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Sweep name; its SAEs register as NAME-ARCH-KNOBVALUE (default pareto, pareto-quick, pareto-tiny)."
+        ),
+    ] = None,
     model: Annotated[
         str,
         typer.Option(
@@ -109,8 +114,9 @@ def sweep_command(
     try:
         chosen = parse_grid(grid) if grid else dict(TINY_GRID if tiny else QUICK_GRID if quick else DEFAULT_GRID)
         cfg = SweepConfig(**sizes, grid=chosen, seed=seed)  # type: ignore[arg-type]
+        name = name or ("pareto-tiny" if tiny else "pareto-quick" if quick else "pareto")
         opts = SweepOptions(
-            out=out or Path("runs") / (f"{name}-tiny" if tiny else f"{name}-quick" if quick else name),
+            out=out or Path("runs") / name,
             name=name,
             model=TINY_MODEL if tiny else model,
             layer=layer,

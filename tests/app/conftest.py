@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from sqlalchemy import Engine
@@ -61,8 +70,10 @@ def register_tiny(engine: Engine, folder: Path, model_dir: Path, docs: Path) -> 
 def index_tiny(engine: Engine) -> None:
     """Index 'tiny' over 1,500 tokens of the short documents (small top-K, windows and bands)."""
     from app.indexer import IndexOptions, index_sae
+    from trainer.feature_stats import StatsConfig
 
-    opts = IndexOptions(tokens=1500, top_k=4, window=16, n_bands=3, band_size=2, n_bins=10, device="cpu",
+    stats = StatsConfig(top_k=4, window=16, n_bands=3, band_size=2, n_bins=10)
+    opts = IndexOptions(tokens=1500, stats=stats, device="cpu",
                         progress=False)  # fmt: skip
     index_sae(engine, "tiny", opts)
 
@@ -98,3 +109,52 @@ def shared_index(
         sae = register_tiny(engine, folder, tiny_model_dir, short_docs)
         index_tiny(engine)
         yield url, engine, sae, folder
+
+
+# --- real servers ---------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until GET base/healthz answers 200; fails at once if the process exits."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            out = proc.communicate()[0] if proc.stdout is not None else ""
+            raise AssertionError(f"the server exited with {proc.returncode}: {out}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"the server at {base} did not start within {timeout:.0f} s")
+
+
+@dataclass
+class Served:
+    """A running `jumpscope serve`: its base URL, and its output once it has stopped."""
+
+    base: str
+    proc: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextmanager
+def jumpscope_serve(url: str, folder: Path, *args: str) -> Iterator[Served]:
+    """`jumpscope serve` (real uvicorn) on a free loopback port over the store at url; stopped with SIGTERM."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": url, "JUMPSCOPE_DATA_DIR": str(folder / "data"), "JUMPSCOPE_DEVICE": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    served = Served(f"http://127.0.0.1:{port}", proc)
+    try:
+        wait_ready(served.base, proc)
+        yield served
+    finally:
+        proc.terminate()
+        served.output = proc.communicate(timeout=30)[0]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.schema import SAE, Feature, Rating
-from tests.app.test_serve import free_port, wait_ready
+from tests.app.conftest import jumpscope_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
@@ -37,17 +35,8 @@ TIMEOUT_MS = 60_000
 def server(shared_index: Any) -> Iterator[str]:
     """Base URL of `jumpscope serve` on a free loopback port, serving the shared store."""
     url, _, _, folder = shared_index
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": url, "JUMPSCOPE_DATA_DIR": str(folder / "data"), "JUMPSCOPE_DEVICE": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
-        yield base
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    with jumpscope_serve(url, folder) as served:
+        yield served.base
 
 
 @pytest.fixture(scope="module")

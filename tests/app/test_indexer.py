@@ -19,6 +19,7 @@ from app.registry import import_sae
 from app.schema import SAE, Example, Feature, IndexRun, Model
 from app.vocab import unpack
 from tests.app.conftest import CONTEXT, D_SAE, random_jumprelu
+from trainer.feature_stats import StatsConfig
 from trainer.formats import SAEMetadata, save_native
 from trainer.models import load_model
 from trainer.sites import harvest
@@ -27,9 +28,9 @@ from trainer.text import batch_sequences, iter_documents, pack_tokens
 TOKENS = 1500
 
 
-def opts(**overrides: Any) -> IndexOptions:
-    base: dict[str, Any] = dict(tokens=TOKENS, top_k=4, window=16, n_bands=3, band_size=2, n_bins=10,
-                                device="cpu", progress=False, write_batch=16)  # fmt: skip
+def opts(seed: int = 0, **overrides: Any) -> IndexOptions:
+    stats = StatsConfig(top_k=4, window=16, n_bands=3, band_size=2, n_bins=10, seed=seed)
+    base: dict[str, Any] = dict(tokens=TOKENS, stats=stats, device="cpu", progress=False, write_batch=16)
     return IndexOptions(**{**base, **overrides})
 
 

@@ -30,8 +30,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.schema import Rating
-from tests.app.conftest import D_SAE, WORDS
-from tests.app.test_serve import free_port
+from tests.app.conftest import D_SAE, WORDS, free_port
 
 pytestmark = [
     pytest.mark.slow,

@@ -71,7 +71,7 @@ def test_every_point_is_trained_evaluated_and_written(swept: dict[str, Any]) -> 
     assert set(doc["budget"]) == {"harvest", "train", "eval", "total"} and doc["budget"]["total"] > 0
     table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [(r["sae"], float(r["fvu"])) for r in table] == [(r["sae"], r["fvu"]) for r in rows]
-    assert "sweep pareto" in swept["stdout"] and "budget:" in swept["stderr"]
+    assert "sweep pareto-tiny" in swept["stdout"] and "budget:" in swept["stderr"]
 
 
 def test_plots_are_standalone_svg_with_a_link_per_point(swept: dict[str, Any]) -> None:
@@ -79,7 +79,7 @@ def test_plots_are_standalone_svg_with_a_link_per_point(swept: dict[str, Any]) -
         root = ET.fromstring((swept["out"] / f"{metric}.svg").read_text())
         assert root.tag == f"{SVG}svg"
         links = sorted(a.get("href") or "" for a in root.iter(f"{SVG}a"))
-        assert links == sorted(f"/saes/pareto-{p.slug}" for p in SweepConfig(grid=TINY_GRID).points())
+        assert links == sorted(f"/saes/pareto-tiny-{p.slug}" for p in SweepConfig(grid=TINY_GRID).points())
         assert len(list(root.iter(f"{SVG}polyline"))) == len(TINY_GRID)  # one line per architecture
 
 
@@ -145,13 +145,13 @@ def client(stored: tuple[str, Path]) -> Iterator[TestClient]:
 def test_the_cli_registered_every_sae_and_the_sweep(swept: dict[str, Any]) -> None:
     engine = engine_for(swept["env"]["DATABASE_URL"])
     with session_scope(engine) as session:
-        sweep = session.scalar(select(Sweep).where(Sweep.name == "pareto"))
+        sweep = session.scalar(select(Sweep).where(Sweep.name == "pareto-tiny"))
         assert sweep is not None and set(sweep.plots) == {"fvu", "delta_lm_loss"}
         points = session.scalars(select(SweepPointRow).where(SweepPointRow.sweep_id == sweep.id)).all()
         assert len(points) == N_POINTS
         for point in points:
             slug = SweepPoint(point.architecture, point.value).slug
-            assert point.sae is not None and point.sae.name == f"pareto-{slug}"
+            assert point.sae is not None and point.sae.name == f"pareto-tiny-{slug}"
             assert point.sae.architecture == point.architecture and point.sae.metrics["l0"] == point.metrics["l0"]
 
 
@@ -168,16 +168,18 @@ def test_storing_again_replaces_the_sweep_and_keeps_one_row_per_point(stored: tu
 
 def test_api_lists_and_details_the_sweep(client: TestClient) -> None:
     listed = client.get("/api/v1/sweeps").json()
-    assert [(s["name"], s["n_points"], s["architectures"]) for s in listed] == [("pareto", N_POINTS, list(TINY_GRID))]
-    detail = client.get("/api/v1/sweeps/pareto").json()
+    assert [(s["name"], s["n_points"], s["architectures"]) for s in listed] == [
+        ("pareto-tiny", N_POINTS, list(TINY_GRID))
+    ]
+    detail = client.get("/api/v1/sweeps/pareto-tiny").json()
     assert len(detail["points"]) == N_POINTS and detail["config"]["width"] == 64
     assert all(p["sae"].startswith("pareto-") and p["fvu"] > 0 for p in detail["points"])
     for entry in detail["matched_l0"]["fvu"]:
         assert entry["difference"] == pytest.approx(entry["other"] - entry["reference"])
-    reply = client.get("/api/v1/sweeps/pareto/results.csv")
+    reply = client.get("/api/v1/sweeps/pareto-tiny/results.csv")
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/csv")
     assert len(list(csv.DictReader(io.StringIO(reply.text)))) == N_POINTS
-    reply = client.get("/api/v1/sweeps/pareto/plots/fvu.svg")
+    reply = client.get("/api/v1/sweeps/pareto-tiny/plots/fvu.svg")
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/svg+xml"
     assert ET.fromstring(reply.text).tag == f"{SVG}svg"
 
@@ -187,7 +189,7 @@ def test_api_lists_and_details_the_sweep(client: TestClient) -> None:
     [
         ("/api/v1/sweeps/nope", "no sweep named 'nope'"),
         ("/api/v1/sweeps/nope/results.csv", "no sweep named 'nope'"),
-        ("/api/v1/sweeps/pareto/plots/l1.svg", "sweep 'pareto' has no plot 'l1'"),
+        ("/api/v1/sweeps/pareto-tiny/plots/l1.svg", "sweep 'pareto-tiny' has no plot 'l1'"),
     ],
 )
 def test_api_unknown_sweep_or_plot_is_404(client: TestClient, path: str, detail: str) -> None:
@@ -197,8 +199,8 @@ def test_api_unknown_sweep_or_plot_is_404(client: TestClient, path: str, detail:
 
 def test_compare_pages_plot_every_point_and_link_every_sae(client: TestClient) -> None:
     page = client.get("/compare")
-    assert page.status_code == 200 and 'href="/compare/pareto"' in page.text
-    page = client.get("/compare/pareto")
+    assert page.status_code == 200 and 'href="/compare/pareto-tiny"' in page.text
+    page = client.get("/compare/pareto-tiny")
     assert page.status_code == 200
     svgs = [ET.fromstring(m) for m in _svgs(page.text)]
     assert len(svgs) == 2
@@ -207,7 +209,7 @@ def test_compare_pages_plot_every_point_and_link_every_sae(client: TestClient) -
         assert len(links) == N_POINTS
         for link in links:  # every point opens its SAE's page
             assert client.get(str(link)).status_code == 200
-    assert "At matched L0" in page.text and "/api/v1/sweeps/pareto/results.csv" in page.text
+    assert "At matched L0" in page.text and "/api/v1/sweeps/pareto-tiny/results.csv" in page.text
 
 
 def test_compare_pages_empty_and_missing(client: TestClient, stored: tuple[str, Path]) -> None:
@@ -222,10 +224,10 @@ def test_compare_pages_empty_and_missing(client: TestClient, stored: tuple[str, 
 
 def test_a_deleted_sae_leaves_its_point_unlinked(client: TestClient, stored: tuple[str, Path]) -> None:
     with session_scope(engine_for(stored[0])) as session:
-        session.delete(session.scalars(select(SAE).where(SAE.name.like("pareto-topk-%"))).first())
-    detail = client.get("/api/v1/sweeps/pareto").json()
+        session.delete(session.scalars(select(SAE).where(SAE.name.like("pareto-tiny-topk-%"))).first())
+    detail = client.get("/api/v1/sweeps/pareto-tiny").json()
     assert sum(p["sae"] is None for p in detail["points"]) == 1
-    page = client.get("/compare/pareto")
+    page = client.get("/compare/pareto-tiny")
     assert page.status_code == 200 and "deleted" in page.text
     links = {a.get("href") for a in ET.fromstring(_svgs(page.text)[0]).iter(f"{SVG}a")}
     assert len(links) == N_POINTS - 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from trainer.lm_eval import delta_lm_loss
+from trainer.lm_eval import delta_lm_loss, delta_lm_losses
 from trainer.models import load_model
 from trainer.sites import SiteError, harvest, site_width, splice
 
@@ -150,6 +150,17 @@ def test_delta_lm_loss_of_a_zero_reconstruction_is_large_and_positive(tiny) -> N
     result = delta_lm_loss(tiny.model, torch.zeros_like, 0, "resid", packed(tiny.tokenizer, TEXTS))
     assert result.delta_lm_loss > 1.0  # the trained tiny model loses all context
     assert result.spliced_loss > result.clean_loss
+
+
+def test_several_saes_in_one_pass_match_each_evaluated_alone(tiny) -> None:
+    data = packed(tiny.tokenizer, TEXTS)
+    fns = {"identity": lambda a: a, "zero": torch.zeros_like, "half": lambda a: 0.5 * a}
+    together = delta_lm_losses(tiny.model, fns, 1, "resid", data)
+    for name, fn in fns.items():
+        alone = delta_lm_loss(tiny.model, fn, 1, "resid", data)
+        assert together[name].clean_loss == alone.clean_loss and together[name].tokens == alone.tokens
+        assert together[name].spliced_loss == pytest.approx(alone.spliced_loss, rel=1e-6)
+    assert together["identity"].delta_lm_loss == 0.0 < together["half"].delta_lm_loss < together["zero"].delta_lm_loss
 
 
 def test_delta_lm_loss_counts_no_prediction_from_or_of_special_tokens(tiny) -> None:
