@@ -134,7 +134,7 @@ def run_sweep(
         for p, name in zip(points, dirs, strict=True)
     ]  # fmt: skip
     doc = {"name": opts.name, "model": meta.model, "layer": layer, "site": opts.site,
-           "config": cfg.to_json(), "budget": budget(timings), "points": rows,
+           "config": cfg.to_json(), "budget": budget(timings, points), "points": rows,
            "matched_l0": {m: matched_l0(rows, m) for m in PLOTS}}  # fmt: skip
     write_results(out, doc)
     log(f"stage 4/4: wrote {out}/results.json, results.csv, {', '.join(f'{m}.svg' for m in PLOTS)}")
@@ -144,9 +144,9 @@ def run_sweep(
     return doc
 
 
-def budget(timings: dict[str, float]) -> dict[str, float]:
-    """Seconds per stage: harvest, train (all SAEs), eval, and their total."""
-    train = sum(v for k, v in timings.items() if k.startswith("train:"))
+def budget(timings: dict[str, float], points: list[SweepPoint]) -> dict[str, float]:
+    """Seconds per stage: harvest, train (this grid's SAEs), eval, and their total."""
+    train = sum(timings.get(f"train:{p.slug}", 0.0) for p in points)
     parts = {"harvest": timings.get("harvest", 0.0), "train": train, "eval": timings.get("eval", 0.0)}
     return {**parts, "total": sum(parts.values())}
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,6 +32,22 @@ def parse_grid(specs: list[str]) -> dict[str, tuple[float, ...]]:
         except ValueError:
             raise ValueError(f"--grid {spec!r}: the values must be numbers separated by commas") from None
     return grid
+
+
+def parse_overrides(specs: list[str]) -> dict[str, Any]:
+    """['bandwidth=0.01', 'threshold_param=raw'] -> {'bandwidth': 0.01, 'threshold_param': 'raw'}.
+
+    Values are read as JSON (numbers, true/false, lists), anything else as text."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes FIELD=VALUE (e.g. bandwidth=0.01), got {spec!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def sweep_command(
@@ -72,6 +89,15 @@ def sweep_command(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="One seed for every SAE (initialisation and token order).")] = 0,
+    epochs: Annotated[float, typer.Option(help="Passes of each SAE over the cached tokens.")] = 1.0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE: a named deviation for every SAE (an SAEConfig or TrainConfig "
+            "field, e.g. bandwidth=0.01, threshold_init=0.05, lr=3e-4); repeatable.",
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option(help="About 15 minutes on 2 CPU cores: 3 points per architecture, width 2048, 300k tokens.")
     ] = False,
@@ -113,7 +139,8 @@ def sweep_command(
     sizes = {**preset, **{k: v for k, v in given.items() if v is not None}}
     try:
         chosen = parse_grid(grid) if grid else dict(TINY_GRID if tiny else QUICK_GRID if quick else DEFAULT_GRID)
-        cfg = SweepConfig(**sizes, grid=chosen, seed=seed)  # type: ignore[arg-type]
+        overrides = parse_overrides(set_ or [])
+        cfg = SweepConfig(**sizes, grid=chosen, seed=seed, epochs=epochs, overrides=overrides)  # type: ignore[arg-type]
         name = name or ("pareto-tiny" if tiny else "pareto-quick" if quick else "pareto")
         opts = SweepOptions(
             out=out or Path("runs") / name,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,21 @@ KNOBS: dict[str, str] = {"jumprelu": "lambda", "relu": "lambda", "gated": "lambd
 """The sparsity knob each architecture's points sweep."""
 
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
-    "jumprelu": (5e-5, 1e-4, 2e-4, 4e-4, 8e-4),
-    "relu": (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2),
+    "jumprelu": (3e-5, 6e-5, 1.2e-4, 2.5e-4, 5e-4),
+    "relu": (0.01, 0.016, 0.025, 0.04, 0.06),
     "topk": (12, 24, 48, 96, 144),
-    "gated": (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2),
+    "gated": (0.015, 0.02, 0.03, 0.045, 0.065),
 }
-"""Knob values per architecture, chosen on Gemma 3 270M layer 9 (width 4096, short recipe) so
-that every architecture's L0s span about 10 to 150 (README, "Reproducing Fig. 2")."""
+"""Knob values per architecture for L0 of about 10 to 150 on Gemma 3 270M layer 9 (resid),
+calibrated at the --quick settings (README, "Reproducing the paper's Fig. 2")."""
 
-QUICK_GRID: dict[str, tuple[float, ...]] = {arch: values[::2] for arch, values in DEFAULT_GRID.items()}
-"""`--quick`: every other point of the default grid (three per architecture)."""
+QUICK_GRID: dict[str, tuple[float, ...]] = {
+    "jumprelu": (3e-5, 1e-4, 3e-4),
+    "relu": (0.01, 0.02, 0.04),
+    "topk": (12, 32, 128),
+    "gated": (0.015, 0.03, 0.06),
+}
+"""`--quick`: three points per architecture spanning L0 of about 10 to 150."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,11 @@ class SweepPoint:
         return f"{self.architecture}-{self.knob}{value}"
 
 
+SWEPT = {"d_in", "d_sae", "architecture", "k", "tokens", "batch_size", "recipe", "seed", "sparsity_coeff", "device"}
+"""Fields the sweep itself sets per point; everything else may be overridden."""
+OVERRIDABLE = ({f.name for f in fields(SAEConfig)} | {f.name for f in fields(TrainConfig)}) - SWEPT
+
+
 @dataclass
 class SweepConfig:
     """What every SAE of a sweep shares, and the grid of knob values."""
@@ -77,7 +87,9 @@ class SweepConfig:
     width: int = 4096
     """d_sae of every SAE."""
     train_tokens: int = 1_500_000
-    """Tokens each SAE trains on (the cache is harvested this large: one pass, no repeats)."""
+    """Activations harvested once into the cache; each SAE trains on epochs x this many."""
+    epochs: float = 1.0
+    """Passes of each SAE over the cache (1 = every token seen once)."""
     batch_size: int = 4096
     """Tokens per optimiser step."""
     recipe: Recipe = "short"
@@ -91,6 +103,9 @@ class SweepConfig:
     """Held-out next-token predictions for delta LM loss (the same ones for every SAE)."""
     grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
     """Knob values per architecture (see KNOBS); leave an architecture out to skip it."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Named deviations for every SAE: SAEConfig or TrainConfig fields (bandwidth, threshold_init,
+    threshold_param, lr, sparsity_warmup_steps, ...), taking precedence over the recipe."""
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.batch_size <= 0:
@@ -99,6 +114,13 @@ class SweepConfig:
             raise ValueError(f"train_tokens ({self.train_tokens}) must be at least batch_size ({self.batch_size})")
         if self.eval_tokens <= 0 or self.lm_tokens < 0:
             raise ValueError("eval_tokens must be positive and lm_tokens not negative")
+        if not 0 < self.epochs <= 100:
+            raise ValueError(f"epochs must be in (0, 100], got {self.epochs}")
+        unknown = set(self.overrides) - OVERRIDABLE
+        if unknown:
+            raise ValueError(
+                f"cannot override {', '.join(sorted(unknown))}: allowed are {', '.join(sorted(OVERRIDABLE))}"
+            )
         self.grid = {arch: tuple(float(v) for v in values) for arch, values in self.grid.items()}
         self.points()  # validates every value
 
@@ -134,20 +156,18 @@ def train_point(
     started = time.perf_counter()
     shards = ShardSource(activations, loop=True)
     k = int(point.value) if point.knob == "k" else SAEConfig.k
-    sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=cfg.width, architecture=point.architecture, k=k)  # type: ignore[arg-type]
-    train_cfg = TrainConfig(
-        tokens=cfg.train_tokens // cfg.batch_size * cfg.batch_size,
-        batch_size=cfg.batch_size,
-        recipe=cfg.recipe,
-        seed=cfg.seed,
-        sparsity_coeff=None if point.knob == "k" else point.value,
-        shuffle_buffer=min(262_144, shards.n_tokens),
-        norm_tokens=min(409_600, shards.n_tokens),
-        checkpoint_every=100,
-        log_every=10,
-        device=device,  # type: ignore[arg-type]
-    )
-    resolve_recipe(sae_cfg, train_cfg, set())
+    sae_names = {f.name for f in fields(SAEConfig)}
+    sae_over = {name: v for name, v in cfg.overrides.items() if name in sae_names}
+    train_over = {name: v for name, v in cfg.overrides.items() if name not in sae_names}
+    sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=cfg.width, architecture=point.architecture, k=k, **sae_over)  # type: ignore[arg-type]
+    steps_tokens = int(cfg.train_tokens * cfg.epochs) // cfg.batch_size * cfg.batch_size
+    train_cfg = TrainConfig(**{
+        "tokens": max(cfg.batch_size, steps_tokens), "batch_size": cfg.batch_size, "recipe": cfg.recipe,
+        "seed": cfg.seed, "sparsity_coeff": None if point.knob == "k" else point.value,
+        "shuffle_buffer": min(262_144, shards.n_tokens), "norm_tokens": min(409_600, shards.n_tokens),
+        "checkpoint_every": 100, "log_every": 10, "device": device, **train_over,
+    })  # fmt: skip
+    resolve_recipe(sae_cfg, train_cfg, set(cfg.overrides))
     meta = SAEMetadata(**{**asdict(meta), "extra": {**meta.extra, "sweep_point": asdict(point)}})
     Trainer(sae_cfg, train_cfg, shards, out_dir, meta, progress=progress).fit(resume=(out_dir / CHECKPOINT).exists())
     return time.perf_counter() - started

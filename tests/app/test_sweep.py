@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -27,7 +28,7 @@ from app.db import engine_for, session_scope, upgrade
 from app.pareto_chart import ChartPoint, pareto_svg
 from app.schema import SAE, Sweep, SweepPointRow
 from app.sweep import store_sweep
-from app.sweep_cli import TINY_GRID, parse_grid
+from app.sweep_cli import TINY_GRID, parse_grid, parse_overrides
 from tests.app.test_api import make_client
 from tests.conftest import database
 from trainer.pareto import matched_l0
@@ -113,6 +114,9 @@ def test_other_settings_in_the_same_folder_are_refused(swept: dict[str, Any]) ->
         (["--name", "Bad Name"], "invalid SAE name"),
         (["--train-tokens", "10"], "must be at least batch_size"),
         (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+        (["--set", "bandwidth"], "--set takes FIELD=VALUE"),
+        (["--set", "d_sae=9"], "cannot override d_sae: allowed are"),
+        (["--epochs", "0"], "epochs must be in (0, 100]"),
     ],
 )
 def test_bad_options_get_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -270,6 +274,27 @@ def test_sweep_points_and_config_validate() -> None:
     with pytest.raises(ValueError, match="the grid holds no points"):
         SweepConfig(grid={})
     assert parse_grid(["topk=8,16", "relu=1e-3"]) == {"topk": (8.0, 16.0), "relu": (0.001,)}
+    assert parse_overrides(["bandwidth=0.01", "threshold_param=raw", "normalize=false"]) == {
+        "bandwidth": 0.01,
+        "threshold_param": "raw",
+        "normalize": False,
+    }
+
+
+def test_named_deviations_reach_every_sae_and_win_over_the_recipe(tmp_path: Path) -> None:
+    from trainer.activations import write_shards
+    from trainer.formats import SAEMetadata
+    from trainer.sweep import train_point
+
+    acts = tmp_path / "acts"
+    write_shards(acts, iter([torch.randn(4096, 16)]), {"layer": 0})
+    cfg = SweepConfig(width=32, train_tokens=4096, batch_size=1024, epochs=2, grid={"jumprelu": (1e-3,)},
+                      overrides={"bandwidth": 0.05, "threshold_init": 0.2, "lr": 3e-4})  # fmt: skip
+    train_point(cfg.points()[0], cfg, acts, tmp_path / "sae", SAEMetadata(), "cpu", progress=False)
+    resolved = json.loads((tmp_path / "sae" / "train_config.json").read_text())
+    assert resolved["sae"]["bandwidth"] == 0.05 and resolved["sae"]["threshold_init"] == 0.2
+    assert resolved["sae"]["threshold_param"] == "raw"  # the short recipe still applies where not overridden
+    assert resolved["train"]["lr"] == 3e-4 and resolved["train"]["tokens"] == 8192  # two epochs of 4096
 
 
 def test_chart_escapes_labels_and_handles_no_points() -> None:
