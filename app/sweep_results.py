@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.pareto_chart import ChartPoint, pareto_svg
-from app.schema import Sweep
+from app.schema import SAE, Sweep, SweepPointRow
 from trainer.pareto import METRICS, matched_l0
 
 PLOTS: dict[str, str] = {"fvu": "FVU (fraction of variance unexplained)", "delta_lm_loss": "delta LM loss (nats)"}
@@ -85,3 +85,15 @@ def stored_plot(session: Session, name: str, plot: str) -> str | None:
     """The SVG text stored with a sweep, or None."""
     sweep = session.scalar(select(Sweep).where(Sweep.name == name))
     return None if sweep is None else sweep.plots.get(plot)
+
+
+def sweeps_of(session: Session, sae_name: str) -> list[str]:
+    """Names of the sweeps an SAE belongs to."""
+    query = (
+        select(Sweep.name)
+        .join(SweepPointRow, SweepPointRow.sweep_id == Sweep.id)
+        .join(SAE, SAE.id == SweepPointRow.sae_id)
+        .where(SAE.name == sae_name)
+        .order_by(Sweep.name)
+    )
+    return list(session.scalars(query).unique())

@@ -334,11 +334,12 @@ def sae_page(request: Request, sae: str) -> HTMLResponse:
                 min_frequency=table.min_frequency, max_frequency=table.max_frequency, q=table.q or None,
                 label=table.label, limit=table.limit, offset=table.offset,  # type: ignore[arg-type]
             )  # fmt: skip
+            sweeps = sweep_results.sweeps_of(session, sae)
     except NotFound as e:
         return error_page(request, 404, "No such SAE", str(e))
     hist_svg = ph.frequency_histogram_svg(detail.frequency_histogram) if detail.frequency_histogram else None
     return render(request, "sae.html", {"sae": detail, "features": features, "table": table, "hist_svg": hist_svg,
-                                        "page_sizes": PAGE_SIZES})  # fmt: skip
+                                        "page_sizes": PAGE_SIZES, "sweeps": sweeps})  # fmt: skip
 
 
 # --- one feature ----------------------------------------------------------------------------------------------------

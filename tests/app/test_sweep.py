@@ -211,8 +211,9 @@ def test_compare_pages_plot_every_point_and_link_every_sae(client: TestClient) -
     for svg in svgs:
         links = {a.get("href") for a in svg.iter(f"{SVG}a")}
         assert len(links) == N_POINTS
-        for link in links:  # every point opens its SAE's page
-            assert client.get(str(link)).status_code == 200
+        for link in links:  # every point opens its SAE's page, which links back to the sweep
+            sae_page = client.get(str(link))
+            assert sae_page.status_code == 200 and 'href="/compare/pareto-tiny">sweep pareto-tiny</a>' in sae_page.text
     assert "At matched L0" in page.text and "/api/v1/sweeps/pareto-tiny/results.csv" in page.text
 
 
