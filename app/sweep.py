@@ -24,7 +24,7 @@ from app.db import session_scope
 from app.registry import check_name, import_sae
 from app.schema import Sweep, SweepPointRow
 from app.stages import lm_source, write_activation_cache
-from app.sweep_results import PLOTS, plots, results_csv
+from app.sweep_results import PLOTS, SAE_LINK, plots, results_csv
 from trainer.pareto import matched_l0
 from trainer.sweep import SweepConfig, SweepPoint, evaluate_points, train_point
 
@@ -93,7 +93,6 @@ def run_sweep(
     cfg, out = opts.config, opts.out
     _check_resume(out, opts)
     timings = _timings(out)
-    started = time.perf_counter()
     acts = out / "activations"
     if not (acts / "meta.json").exists():
         t0 = time.perf_counter()
@@ -126,7 +125,6 @@ def run_sweep(
                               lm_batches=lm_batches(held), lm_tokens=cfg.lm_tokens, device=held.device,
                               progress=progress)  # fmt: skip
     timings["eval"] = time.perf_counter() - t0
-    timings["this_run"] = time.perf_counter() - started
     _save_timings(out, timings)
     rows = [
         {"sweep": opts.name, "sae": name, "architecture": p.architecture, "knob": p.knob, "value": p.value,
@@ -136,10 +134,11 @@ def run_sweep(
     doc = {"name": opts.name, "model": meta.model, "layer": layer, "site": opts.site,
            "config": cfg.to_json(), "budget": budget(timings, points), "points": rows,
            "matched_l0": {m: matched_l0(rows, m) for m in PLOTS}}  # fmt: skip
-    write_results(out, doc)
+    svgs = {metric: str(svg) for metric, svg in plots(doc, lambda row: SAE_LINK.format(sae=row["sae"])).items()}
+    write_results(out, doc, svgs)
     log(f"stage 4/4: wrote {out}/results.json, results.csv, {', '.join(f'{m}.svg' for m in PLOTS)}")
     if engine is not None:
-        store_sweep(engine, doc, dirs, data_dir)
+        store_sweep(engine, doc, dirs, data_dir, svgs)
         log(f"registered {len(rows)} SAEs and sweep {opts.name!r}: /compare/{opts.name}")
     return doc
 
@@ -151,28 +150,29 @@ def budget(timings: dict[str, float], points: list[SweepPoint]) -> dict[str, flo
     return {**parts, "total": sum(parts.values())}
 
 
-def write_results(out: Path, doc: dict[str, Any]) -> None:
+def write_results(out: Path, doc: dict[str, Any], svgs: dict[str, str]) -> None:
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "results.csv").write_text(results_csv(doc["points"]))
-    for metric, svg in plots(doc, lambda row: SAE_LINK.format(sae=row["sae"])).items():
-        (out / f"{metric}.svg").write_text(str(svg) + "\n")
+    for metric, svg in svgs.items():
+        (out / f"{metric}.svg").write_text(svg + "\n")
 
 
-SAE_LINK = "/saes/{sae}"
-"""Where a plot's point links: its SAE's page."""
 ROW_KEYS = ("sweep", "sae", "architecture", "knob", "value", "train_seconds")
 """Columns of a result row that are not metrics."""
 
 
-def store_sweep(engine: Engine, doc: dict[str, Any], dirs: dict[str, Path], data_dir: Path) -> None:
+def store_sweep(
+    engine: Engine, doc: dict[str, Any], dirs: dict[str, Path], data_dir: Path, svgs: dict[str, str] | None = None
+) -> None:
     """Register every SAE (replacing same-named ones) and the sweep with its points and plots."""
-    svgs = {metric: str(svg) for metric, svg in plots(doc, lambda row: SAE_LINK.format(sae=row["sae"])).items()}
+    if svgs is None:
+        svgs = {metric: str(svg) for metric, svg in plots(doc, lambda row: SAE_LINK.format(sae=row["sae"])).items()}
+    metrics = {row["sae"]: {k: v for k, v in row.items() if k not in ROW_KEYS} for row in doc["points"]}
     with session_scope(engine) as session:
         sae_ids = {}
         for row in doc["points"]:
-            metrics = {k: v for k, v in row.items() if k not in ROW_KEYS}
             sae, _ = import_sae(session, dirs[row["sae"]], data_dir=data_dir, name=row["sae"], replace=True,
-                                metrics=metrics)  # fmt: skip
+                                metrics=metrics[row["sae"]])  # fmt: skip
             sae_ids[row["sae"]] = sae.id
         session.execute(delete(Sweep).where(Sweep.name == doc["name"]))
         session.flush()
@@ -181,7 +181,7 @@ def store_sweep(engine: Engine, doc: dict[str, Any], dirs: dict[str, Path], data
         sweep.points = [
             SweepPointRow(sae_id=sae_ids[row["sae"]], architecture=row["architecture"], knob=row["knob"],
                           value=row["value"], train_seconds=row.get("train_seconds", 0.0),
-                          metrics={k: v for k, v in row.items() if k not in ROW_KEYS})
+                          metrics=metrics[row["sae"]])
             for row in doc["points"]
         ]  # fmt: skip
         session.add(sweep)

@@ -22,6 +22,9 @@ from trainer.pareto import METRICS, matched_l0
 PLOTS: dict[str, str] = {"fvu": "FVU (fraction of variance unexplained)", "delta_lm_loss": "delta LM loss (nats)"}
 """The plots of a sweep: metric -> its axis label."""
 
+SAE_LINK = "/saes/{sae}"
+"""Where a plot's point links: its SAE's page (names are URL-safe slugs)."""
+
 CSV_FIELDS = ["sweep", "sae", "architecture", "knob", "value", *METRICS, "train_seconds"]
 
 

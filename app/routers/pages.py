@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import jinja2
 from fastapi import APIRouter, FastAPI, Request
@@ -752,7 +752,7 @@ def compare_page(request: Request, sweep: str) -> HTMLResponse:
     if doc is None:
         message = f"There is no sweep named {sweep!r}. All sweeps are on /compare."
         return error_page(request, 404, "No such sweep", message)
-    charts = sweep_results.plots(doc, lambda row: f"/saes/{quote(row['sae'])}" if row["sae"] else None)
+    charts = sweep_results.plots(doc, lambda row: sweep_results.SAE_LINK.format(sae=row["sae"]) if row["sae"] else None)
     by_arch: dict[str, list[dict[str, Any]]] = {}
     for row in doc["points"]:
         by_arch.setdefault(row["architecture"], []).append(row)
