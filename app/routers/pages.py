@@ -28,7 +28,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -47,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import page_helpers as ph
 from app import queries, sweep_results
 from app.api_models import FeatureDetail, RatingIn, RatingOut
+from app.assets import asset_dir
 from app.auth import AuthError, authenticate, hash_token, tokens_configured
 from app.registry import NotFound, RegistryError, get_sae
 from app.routers.errors import validation_message
@@ -54,9 +54,8 @@ from app.routers.ratings import ANONYMOUS, store_rating
 from app.schema import NOTE_MAX_CHARS, SAE, ApiToken, Example, Feature, Job, Rating
 from app.vocab import vocab_for
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "templates"
-STATIC = ROOT / "static"
+TEMPLATES = asset_dir("templates")
+STATIC = asset_dir("static")
 
 SHORT_RADIUS = 8
 """Tokens either side of the max token in the short context view."""

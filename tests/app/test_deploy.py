@@ -248,7 +248,7 @@ def test_dependencies_come_from_the_lock_and_the_project_from_pyproject() -> Non
     lock_steps = [i for i, (word, rest) in enumerate(steps) if word == "RUN" and "--require-hashes -r" in rest]
     assert lock_steps and "requirements.lock" in steps[lock_steps[0]][1]
     assert ("COPY", "requirements.lock /tmp/requirements.lock") in steps
-    [project] = [i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install --no-deps -e ." in rest]
+    [project] = [i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install --no-deps ." in rest]
     copied = [rest for word, rest in steps[:project] if word == "COPY"]
     assert any(rest.startswith("pyproject.toml") for rest in copied)
     for folder in ("app", "trainer", "migrations", "templates", "static"):
