@@ -24,8 +24,7 @@ from app.db import session_scope
 from app.registry import check_name, import_sae
 from app.schema import Sweep, SweepPointRow
 from app.stages import lm_source, write_activation_cache
-from app.sweep_results import PLOTS, SAE_LINK, plots, results_csv
-from trainer.pareto import matched_l0
+from app.sweep_results import PLOTS, SAE_LINK, plots, results_csv, results_doc
 from trainer.sweep import SweepConfig, SweepPoint, evaluate_points, train_point
 
 
@@ -131,9 +130,7 @@ def run_sweep(
          **metrics[name], "train_seconds": timings.get(f"train:{p.slug}", 0.0)}
         for p, name in zip(points, dirs, strict=True)
     ]  # fmt: skip
-    doc = {"name": opts.name, "model": meta.model, "layer": layer, "site": opts.site,
-           "config": cfg.to_json(), "budget": budget(timings, points), "points": rows,
-           "matched_l0": {m: matched_l0(rows, m) for m in PLOTS}}  # fmt: skip
+    doc = results_doc(opts.name, meta.model, layer, opts.site, cfg.to_json(), budget(timings, points), rows)
     svgs = {metric: str(svg) for metric, svg in plots(doc, lambda row: SAE_LINK.format(sae=row["sae"])).items()}
     write_results(out, doc, svgs)
     log(f"stage 4/4: wrote {out}/results.json, results.csv, {', '.join(f'{m}.svg' for m in PLOTS)}")

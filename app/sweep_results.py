@@ -57,6 +57,21 @@ def plots(doc: dict[str, Any], href: Callable[[dict[str, Any]], str | None]) -> 
     return {m: pareto_svg(chart_series(doc["points"], m, href), label, title) for m, label in PLOTS.items()}
 
 
+def results_doc(
+    name: str,
+    model: str | None,
+    layer: int | None,
+    site: str | None,
+    config: dict[str, Any],
+    budget: dict[str, float],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The results document of a sweep (results.json, the API): its settings, budget, one row per
+    SAE and, per metric, every baseline read off at JumpReLU's L0s."""
+    return {"name": name, "model": model, "layer": layer, "site": site, "config": config, "budget": budget,
+            "points": rows, "matched_l0": {m: matched_l0(rows, m) for m in PLOTS}}  # fmt: skip
+
+
 def sweep_doc(session: Session, name: str) -> dict[str, Any] | None:
     """A stored sweep as a results document (points carry their SAE's current name, or None)."""
     sweep = session.scalar(select(Sweep).where(Sweep.name == name))
@@ -67,10 +82,8 @@ def sweep_doc(session: Session, name: str) -> dict[str, Any] | None:
          "knob": p.knob, "value": p.value, **p.metrics, "train_seconds": p.train_seconds}
         for p in sweep.points
     ]  # fmt: skip
-    return {"name": sweep.name, "model": sweep.model, "layer": sweep.layer, "site": sweep.site,
-            "config": sweep.config, "budget": sweep.budget, "points": rows,
-            "matched_l0": {m: matched_l0(rows, m) for m in PLOTS},
-            "created_at": sweep.created_at.isoformat(), "updated_at": sweep.updated_at.isoformat()}  # fmt: skip
+    doc = results_doc(sweep.name, sweep.model, sweep.layer, sweep.site, sweep.config, sweep.budget, rows)
+    return doc | {"created_at": sweep.created_at.isoformat(), "updated_at": sweep.updated_at.isoformat()}
 
 
 def list_sweeps(session: Session) -> list[dict[str, Any]]:
