@@ -13,6 +13,10 @@ pass shared by all, so the deltas are paired) after editing its error e:
                                              relative error: ||e_t||^2 = FVU ||x_t - mu||^2 (the
                                              same pooled FVU, spread evenly over tokens)
   random-dir   x + ||e_t|| u_t               the same per-token error norms in random directions
+  norm-fixed   x_hat ||x_t|| / ||x_hat_t||   the reconstruction rescaled to the input's norm
+  massive-fixed  e with its massive dimensions (the MASSIVE largest by mean |x|) set to 0
+  tail-removed e without its part in the low-variance half of x's principal directions
+  head-removed e without its part in the high-variance half
 
 and prints per-token statistics of e on the same tokens: pooled FVU, L0, the fraction of tokens
 where nothing fires, quantiles of the relative error r_t = ||e_t||^2 / ||x_t - mu||^2, the share
@@ -47,7 +51,19 @@ from trainer.lm_eval import delta_lm_losses
 from trainer.lm_source import LMActivationSource
 from trainer.sae import SAE
 
-EDITS = ("as-is", "mean-fixed", "equalised", "random-dir")
+EDITS = (
+    "as-is",
+    "mean-fixed",
+    "equalised",
+    "random-dir",
+    "norm-fixed",
+    "massive-fixed",
+    "tail-removed",
+    "head-removed",
+)
+MASSIVE = 2
+"""Dimensions counted as massive: the largest by mean |x| (Gemma 3 270M has two holding most of
+the norm)."""
 
 
 def held_out_activations(
@@ -70,12 +86,15 @@ def held_out_activations(
 
 
 @torch.no_grad()
-def error_stats(sae: SAE, x: Tensor, mu: Tensor) -> dict[str, float]:
-    """Per-token statistics of the SAE's error on x (N, d_in)."""
+def error_stats(sae: SAE, x: Tensor, mu: Tensor, pcs: Tensor) -> dict[str, float]:
+    """Per-token statistics of the SAE's error on x (N, d_in); tail_fvu is the FVU within the
+    low-variance half of x's principal directions (above 1: the SAE adds variance there)."""
     f = sae.encode(x)  # (N, d_sae)
     e = sae.decode(f) - x  # (N, d_in)
     centred = x - mu  # (N, d_in)
     e2, v2 = e.pow(2).sum(1), centred.pow(2).sum(1)  # (N,), (N,)
+    tail = pcs[:, pcs.shape[1] // 2 :]  # (d_in, d_in / 2)
+    tail_e, tail_v = (e @ tail).pow(2), (centred @ tail).pow(2)  # (N, d_in / 2)
     r = e2 / v2
     worst = e2.sort(descending=True).values
     n = x.shape[0]
@@ -90,10 +109,15 @@ def error_stats(sae: SAE, x: Tensor, mu: Tensor) -> dict[str, float]:
         "top10%_share": float(worst[: max(1, n // 10)].sum() / e2.sum()),
         "const_share": float(e.mean(0).pow(2).sum() / e2.mean()),
         "cos_e_x": float(torch.nn.functional.cosine_similarity(e, centred, dim=1).mean()),
+        "tail_fvu": float(tail_e.sum() / tail_v.sum()),
     }
 
 
-def edited(sae: SAE, edit: str, mu: Tensor, mean_err: Tensor, fvu: float, seed: int) -> Callable[[Tensor], Tensor]:
+def edited(
+    sae: SAE, edit: str, mu: Tensor, mean_err: Tensor, fvu: float, massive: Tensor, pcs: Tensor, seed: int
+) -> Callable[[Tensor], Tensor]:
+    """pcs (d_in, d_in): x's principal directions as columns, highest variance first."""
+    half = pcs.shape[1] // 2
     """The reconstruction (N, d_in) -> (N, d_in) with the SAE's error edited."""
 
     def reconstruct(x: Tensor) -> Tensor:
@@ -107,6 +131,15 @@ def edited(sae: SAE, edit: str, mu: Tensor, mean_err: Tensor, fvu: float, seed: 
             g = torch.Generator().manual_seed(seed)
             u = torch.randn(e.shape, generator=g).to(e)
             e = u / u.norm(dim=1, keepdim=True) * e.norm(dim=1, keepdim=True)
+        elif edit == "norm-fixed":
+            x_hat = x + e
+            e = x_hat * (x.norm(dim=1, keepdim=True) / x_hat.norm(dim=1, keepdim=True).clamp_min(1e-12)) - x
+        elif edit == "massive-fixed":
+            e = e.clone()
+            e[:, massive] = 0
+        elif edit in ("tail-removed", "head-removed"):
+            band = pcs[:, half:] if edit == "tail-removed" else pcs[:, :half]  # (d_in, d_in / 2)
+            e = e - (e @ band) @ band.T
         return x + e
 
     return reconstruct
@@ -130,9 +163,12 @@ def main() -> None:
     source = lm_source(record["model"], layer, site, None, "text", "heldout", meta.get("context_size"), 8, args.device)
     batches, x = held_out_activations(source, args.tokens)
     mu = x.mean(0)  # (d_in,)
+    massive = x.abs().mean(0).topk(MASSIVE).indices  # (MASSIVE,)
+    pcs = torch.linalg.eigh(torch.cov(x.T)).eigenvectors.flip(1)  # (d_in, d_in), highest variance first
     saes = {slug: load_native(args.run / "saes" / slug).sae.eval() for slug in slugs}
-    stats = {slug: error_stats(sae, x, mu) for slug, sae in saes.items()}
-    print(f"{args.run}: {x.shape[0]:,} spliced positions, {record['model']} layer {layer} {site}\n")
+    stats = {slug: error_stats(sae, x, mu, pcs) for slug, sae in saes.items()}
+    print(f"{args.run}: {x.shape[0]:,} spliced positions, {record['model']} layer {layer} {site}; "
+          f"massive dimensions {massive.tolist()}\n")  # fmt: skip
     keys = list(next(iter(stats.values())))
     print(f"{'sae':<26}" + "".join(f"{k:>14}" for k in keys))
     for slug, s in stats.items():
@@ -143,15 +179,15 @@ def main() -> None:
         with torch.no_grad():
             mean_err = (sae(x) - x).mean(0)  # (d_in,)
         for edit in args.edits:
-            reconstructs[f"{slug}|{edit}"] = edited(sae, edit, mu, mean_err, stats[slug]["fvu"], seed=0)
+            reconstructs[f"{slug}|{edit}"] = edited(sae, edit, mu, mean_err, stats[slug]["fvu"], massive, pcs, seed=0)
     model = source.loaded.model
     with torch.no_grad():
         losses = delta_lm_losses(model, reconstructs, layer, site, batches, args.tokens, progress=sys.stderr.isatty())
     first = next(iter(losses.values()))
     print(f"\ndelta LM loss (nats) on {first.tokens:,} held-out predictions, clean loss {first.clean_loss:.4f}")
-    print(f"{'sae':<26}" + "".join(f"{e:>13}" for e in args.edits))
+    print(f"{'sae':<26}" + "".join(f"{e:>14}" for e in args.edits))
     for slug in saes:
-        print(f"{slug:<26}" + "".join(f"{losses[f'{slug}|{e}'].delta_lm_loss:>13.4f}" for e in args.edits))
+        print(f"{slug:<26}" + "".join(f"{losses[f'{slug}|{e}'].delta_lm_loss:>14.4f}" for e in args.edits))
 
 
 if __name__ == "__main__":
