@@ -38,7 +38,8 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "gated": (0.015, 0.02, 0.03, 0.045, 0.065),
 }
 """Knob values per architecture for L0 of about 10 to 150 on Gemma 3 270M layer 9 (resid),
-calibrated at the --quick settings (README, "Reproducing the paper's Fig. 2")."""
+calibrated at the --quick settings; measured at the defaults (README, "Reproducing the paper's
+Fig. 2"): JumpReLU L0 179-8.8, ReLU 208-7.3, Gated 191-9.5, TopK 12-144."""
 
 QUICK_GRID: dict[str, tuple[float, ...]] = {
     "jumprelu": (3e-5, 1e-4, 3e-4, 1e-3),
