@@ -24,7 +24,7 @@ from app.db import session_scope
 from app.registry import check_name, import_sae
 from app.schema import Sweep, SweepPointRow
 from app.stages import lm_source, write_activation_cache
-from app.sweep_results import PLOTS, SAE_LINK, plots, results_csv, results_doc
+from app.sweep_results import PLOTS, plots, results_csv, results_doc
 from trainer.sweep import SweepConfig, SweepPoint, evaluate_points, train_point
 
 
@@ -131,7 +131,7 @@ def run_sweep(
         for p, name in zip(points, dirs, strict=True)
     ]  # fmt: skip
     doc = results_doc(opts.name, meta.model, layer, opts.site, cfg.to_json(), budget(timings, points), rows)
-    svgs = {metric: str(svg) for metric, svg in plots(doc, lambda row: SAE_LINK.format(sae=row["sae"])).items()}
+    svgs = {metric: str(svg) for metric, svg in plots(doc).items()}
     write_results(out, doc, svgs)
     log(f"stage 4/4: wrote {out}/results.json, results.csv, {', '.join(f'{m}.svg' for m in PLOTS)}")
     if engine is not None:
@@ -159,11 +159,10 @@ ROW_KEYS = ("sweep", "sae", "architecture", "knob", "value", "train_seconds")
 
 
 def store_sweep(
-    engine: Engine, doc: dict[str, Any], dirs: dict[str, Path], data_dir: Path, svgs: dict[str, str] | None = None
+    engine: Engine, doc: dict[str, Any], dirs: dict[str, Path], data_dir: Path, svgs: dict[str, str]
 ) -> None:
-    """Register every SAE (replacing same-named ones) and the sweep with its points and plots."""
-    if svgs is None:
-        svgs = {metric: str(svg) for metric, svg in plots(doc, lambda row: SAE_LINK.format(sae=row["sae"])).items()}
+    """Register every SAE (replacing same-named ones) and the sweep with its points and its plots
+    (metric -> SVG, as written beside results.json)."""
     metrics = {row["sae"]: {k: v for k, v in row.items() if k not in ROW_KEYS} for row in doc["points"]}
     with session_scope(engine) as session:
         sae_ids = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from markupsafe import Markup
@@ -25,6 +25,12 @@ PLOTS: dict[str, str] = {"fvu": "FVU (fraction of variance unexplained)", "delta
 SAE_LINK = "/saes/{sae}"
 """Where a plot's point links: its SAE's page (names are URL-safe slugs)."""
 
+
+def sae_link(row: dict[str, Any]) -> str | None:
+    """A result row's SAE page, or None when its SAE is gone from the store."""
+    return SAE_LINK.format(sae=row["sae"]) if row.get("sae") else None
+
+
 CSV_FIELDS = ["sweep", "sae", "architecture", "knob", "value", *METRICS, "train_seconds"]
 
 
@@ -37,8 +43,7 @@ def results_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def chart_series(rows: Sequence[dict[str, Any]], metric: str, href: Callable[[dict[str, Any]], str | None]
-                 ) -> dict[str, list[ChartPoint]]:  # fmt: skip
+def chart_series(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, list[ChartPoint]]:
     """Points of one plot, by architecture, in the order architectures first appear."""
     series: dict[str, list[ChartPoint]] = {}
     for row in rows:
@@ -47,14 +52,15 @@ def chart_series(rows: Sequence[dict[str, Any]], metric: str, href: Callable[[di
             continue
         label = (f"{row['architecture']} {row['knob']}={row['value']:g}: L0 {row['l0']:.1f}, "
                  f"{metric} {float(value):.4g}")  # fmt: skip
-        series.setdefault(row["architecture"], []).append(ChartPoint(float(row["l0"]), float(value), label, href(row)))
+        point = ChartPoint(float(row["l0"]), float(value), label, sae_link(row))
+        series.setdefault(row["architecture"], []).append(point)
     return series
 
 
-def plots(doc: dict[str, Any], href: Callable[[dict[str, Any]], str | None]) -> dict[str, Markup]:
-    """Every plot of a results document as SVG, points linking where `href` says."""
+def plots(doc: dict[str, Any]) -> dict[str, Markup]:
+    """Every plot of a results document as SVG, each point linking to its SAE's page."""
     title = f"{doc['name']}: {doc.get('model')} layer {doc.get('layer')} {doc.get('site')}"
-    return {m: pareto_svg(chart_series(doc["points"], m, href), label, title) for m, label in PLOTS.items()}
+    return {m: pareto_svg(chart_series(doc["points"], m), label, title) for m, label in PLOTS.items()}
 
 
 def results_doc(

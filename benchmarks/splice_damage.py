@@ -116,9 +116,10 @@ def error_stats(sae: SAE, x: Tensor, mu: Tensor, pcs: Tensor) -> dict[str, float
 def edited(
     sae: SAE, edit: str, mu: Tensor, mean_err: Tensor, fvu: float, massive: Tensor, pcs: Tensor, seed: int
 ) -> Callable[[Tensor], Tensor]:
-    """pcs (d_in, d_in): x's principal directions as columns, highest variance first."""
+    """The reconstruction (N, d_in) -> (N, d_in) with the SAE's error edited; pcs (d_in, d_in)
+    holds x's principal directions as columns, highest variance first."""
     half = pcs.shape[1] // 2
-    """The reconstruction (N, d_in) -> (N, d_in) with the SAE's error edited."""
+    noise = torch.Generator().manual_seed(seed)  # one stream across batches
 
     def reconstruct(x: Tensor) -> Tensor:
         e = sae(x) - x  # (N, d_in)
@@ -128,8 +129,7 @@ def edited(
             target = fvu * (x - mu).pow(2).sum(1, keepdim=True)  # (N, 1)
             e = e * (target / e.pow(2).sum(1, keepdim=True).clamp_min(1e-12)).sqrt()
         elif edit == "random-dir":
-            g = torch.Generator().manual_seed(seed)
-            u = torch.randn(e.shape, generator=g).to(e)
+            u = torch.randn(e.shape, generator=noise).to(e)
             e = u / u.norm(dim=1, keepdim=True) * e.norm(dim=1, keepdim=True)
         elif edit == "norm-fixed":
             x_hat = x + e

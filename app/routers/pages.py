@@ -751,7 +751,7 @@ def compare_page(request: Request, sweep: str) -> HTMLResponse:
     if doc is None:
         message = f"There is no sweep named {sweep!r}. All sweeps are on /compare."
         return error_page(request, 404, "No such sweep", message)
-    charts = sweep_results.plots(doc, lambda row: sweep_results.SAE_LINK.format(sae=row["sae"]) if row["sae"] else None)
+    charts = sweep_results.plots(doc)
     by_arch: dict[str, list[dict[str, Any]]] = {}
     for row in doc["points"]:
         by_arch.setdefault(row["architecture"], []).append(row)

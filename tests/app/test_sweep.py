@@ -29,6 +29,7 @@ from app.pareto_chart import ChartPoint, pareto_svg
 from app.schema import SAE, Sweep, SweepPointRow
 from app.sweep import store_sweep
 from app.sweep_cli import TINY_GRID, parse_grid, parse_overrides
+from app.sweep_results import PLOTS
 from tests.app.test_api import make_client
 from tests.conftest import database
 from trainer.pareto import matched_l0
@@ -129,6 +130,11 @@ def test_bad_options_get_one_line_errors(tmp_path: Path, args: list[str], messag
 # --- the store, the API and the pages ---------------------------------------------------------------------------
 
 
+def written_svgs(out: Path) -> dict[str, str]:
+    """The plots `jumpscope sweep` wrote beside results.json, as it stores them."""
+    return {metric: (out / f"{metric}.svg").read_text().removesuffix("\n") for metric in PLOTS}
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def stored(request: pytest.FixtureRequest, swept: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     """The tiny sweep stored in a fresh SQLite or Postgres store (as `jumpscope sweep` stores it)."""
@@ -136,7 +142,7 @@ def stored(request: pytest.FixtureRequest, swept: dict[str, Any], tmp_path: Path
     dirs = {r["sae"]: swept["out"] / "saes" / SweepPoint(r["architecture"], r["value"]).slug for r in doc["points"]}
     with database(request.param, tmp_path) as url:
         upgrade(url)
-        store_sweep(engine_for(url), doc, dirs, tmp_path / "data")
+        store_sweep(engine_for(url), doc, dirs, tmp_path / "data", written_svgs(swept["out"]))
         yield url, tmp_path
 
 
@@ -163,7 +169,7 @@ def test_storing_again_replaces_the_sweep_and_keeps_one_row_per_point(stored: tu
     url, folder = stored
     doc = json.loads((swept["out"] / "results.json").read_text())
     dirs = {r["sae"]: swept["out"] / "saes" / SweepPoint(r["architecture"], r["value"]).slug for r in doc["points"]}
-    store_sweep(engine_for(url), doc, dirs, folder / "data")
+    store_sweep(engine_for(url), doc, dirs, folder / "data", written_svgs(swept["out"]))
     with session_scope(engine_for(url)) as session:
         assert len(session.scalars(select(Sweep)).all()) == 1
         assert len(session.scalars(select(SweepPointRow)).all()) == N_POINTS
