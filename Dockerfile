@@ -71,7 +71,7 @@ COPY templates ./templates
 COPY static ./static
 RUN pip install --no-deps . \
     && cd / && jumpscope --help > /dev/null \
-    && python -c "from app.assets import asset_dir; [asset_dir(n) for n in ('templates', 'static', 'migrations')]"
+    && python -c "from app.core.assets import asset_dir; [asset_dir(n) for n in ('templates', 'static', 'migrations')]"
 
 
 FROM python:${PYTHON_VERSION}-slim

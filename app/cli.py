@@ -14,14 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.settings import Settings
-from app.stages import evaluate_sae_dir, lm_metadata, lm_source, write_activation_cache
-from app.sweep_cli import sweep_command
+from app.core.settings import Settings
+from app.pipeline.stages import evaluate_sae_dir, lm_metadata, lm_source, write_activation_cache
+from app.sweeps.cli import sweep_command
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from trainer.activations import ActivationSource
+    from trainer.data.activations import ActivationSource
 
 
 app = typer.Typer(
@@ -81,7 +81,7 @@ def main(
 
 
 def _synthetic_source(d_in: int, features: int, l0: float, seed: int) -> ActivationSource:
-    from trainer.activations import SyntheticSource, SyntheticSpec
+    from trainer.data.activations import SyntheticSource, SyntheticSpec
 
     return SyntheticSource(SyntheticSpec(d_in=d_in, n_features=features, active_per_token=l0, seed=seed))
 
@@ -152,10 +152,10 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one SAE (launch with `torchrun --nproc-per-node N -m app train ...` for DDP)."""
-    from trainer.activations import ActivationError, ShardSource
-    from trainer.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.data.activations import ActivationError, ShardSource
     from trainer.formats import SAEMetadata
-    from trainer.train import Trainer, TrainingInterrupted
+    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.training.trainer import Trainer, TrainingInterrupted
 
     if sum([activations is not None, synthetic, model is not None]) != 1:
         raise fail("give exactly one activation source: --activations DIR, --model NAME or --synthetic")
@@ -239,7 +239,7 @@ def train(
 
 
 def _store(settings: Settings | None = None) -> Engine:
-    from app.db import StoreError, open_store
+    from app.core.database import StoreError, open_store
 
     settings = settings or Settings()
     try:
@@ -272,7 +272,7 @@ def db_upgrade(
     """Apply migrations to DATABASE_URL (or JUMPSCOPE_DATABASE_URL; default sqlite:///jumpscope.db)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.db import current_revision, engine_for, upgrade
+    from app.core.database import current_revision, engine_for, upgrade
 
     url = Settings().database_url
     try:
@@ -286,7 +286,7 @@ def db_upgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's migration revision and the latest one."""
-    from app.db import current_revision, engine_for, head_revision
+    from app.core.database import current_revision, engine_for, head_revision
 
     url = Settings().database_url
     typer.echo(f"current: {current_revision(engine_for(url))}  head: {head_revision()}")
@@ -308,8 +308,8 @@ def import_(
     """Register an SAE in the database (its weights are kept as a native folder under the data dir)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.db import session_scope
-    from app.registry import RegistryError, import_sae, ratings_count
+    from app.catalog.saes import RegistryError, import_sae, ratings_count
+    from app.core.database import session_scope
     from trainer.formats import SAEFormatError
 
     settings = Settings()
@@ -343,8 +343,8 @@ def export(
     format: Annotated[ExportFormat, typer.Option(help="Output format.")] = ExportFormat.native,
 ) -> None:
     """Write a registered SAE as a native folder, a Gemma Scope params.npz or a SAELens folder."""
-    from app.db import session_scope
-    from app.registry import RegistryError, export_sae
+    from app.catalog.saes import RegistryError, export_sae
+    from app.core.database import session_scope
     from trainer.formats import SAEFormatError
 
     engine = _store()
@@ -383,10 +383,10 @@ def index(
     """
     import signal
 
-    from app.indexer import IndexOptions, index_sae
-    from app.registry import RegistryError
-    from trainer.activations import ActivationError
-    from trainer.feature_stats import StatsConfig
+    from app.catalog.saes import RegistryError
+    from app.features.indexer import IndexOptions, index_sae
+    from trainer.analysis.feature_stats import StatsConfig
+    from trainer.data.activations import ActivationError
 
     checks = [("--tokens", tokens, 1), ("--top-k", top_k, 1), ("--window", window, 1), ("--bands", bands, 1),
               ("--band-size", band_size, 1), ("--bins", bins, 2), ("--model-batch", model_batch, 1)]  # fmt: skip
@@ -458,7 +458,7 @@ def worker(
     import signal
     import threading
 
-    from app.worker import Worker
+    from app.jobs.worker import Worker
 
     settings = Settings()
     engine = _store(settings)
@@ -467,8 +467,8 @@ def worker(
     if serve_encoder:
         import uvicorn
 
-        from app.encoder import LocalEncoder
-        from app.worker_api import create_worker_app
+        from app.encoding.encoder import LocalEncoder
+        from app.encoding.worker_api import create_worker_app
 
         encoder = LocalEncoder(max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,
                                max_batch_texts=settings.encode_max_batch, window_ms=settings.encode_window_ms,
@@ -500,8 +500,8 @@ def users_add(
     admin: Annotated[bool, typer.Option(help="May also queue jobs.")] = False,
 ) -> None:
     """Create a token for NAME and print it (it is stored hashed and cannot be shown again)."""
-    from app.auth import add_token
-    from app.db import session_scope
+    from app.auth.tokens import add_token
+    from app.core.database import session_scope
 
     if not name.strip() or len(name) > 100 or "\x00" in name:
         raise fail("NAME must hold 1 to 100 characters")
@@ -516,8 +516,8 @@ def users_list() -> None:
     """Token holders (names, admin flag, last use); never the tokens."""
     from sqlalchemy import select
 
-    from app.db import session_scope
-    from app.schema import ApiToken
+    from app.core.database import session_scope
+    from app.core.tables import ApiToken
 
     with session_scope(_store()) as session:
         rows = session.scalars(select(ApiToken).order_by(ApiToken.name, ApiToken.id)).all()
@@ -531,8 +531,8 @@ def users_list() -> None:
 @users_app.command("remove")
 def users_remove(name: Annotated[str, typer.Argument(help="Remove every token of NAME.")]) -> None:
     """Revoke NAME's tokens (their ratings stay)."""
-    from app.auth import remove_tokens
-    from app.db import session_scope
+    from app.auth.tokens import remove_tokens
+    from app.core.database import session_scope
 
     with session_scope(_store()) as session:
         n = remove_tokens(session, name)
@@ -566,7 +566,7 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Print an SAE's metrics: l0, fvu, mse, dead and dense fractions, delta_lm_loss, tokens."""
-    from trainer.activations import ActivationError
+    from trainer.data.activations import ActivationError
     from trainer.formats import SAEFormatError
 
     try:
@@ -601,7 +601,7 @@ def cache(
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
 ) -> None:
     """Run a model over a dataset once and write activation shards for many SAEs to train on."""
-    from trainer.activations import ActivationError
+    from trainer.data.activations import ActivationError
 
     if out.exists():
         raise fail(f"{out} already exists; remove it or choose another --out")
@@ -649,16 +649,16 @@ def demo(
     database (DATABASE_URL, default ./jumpscope.db) and indexed; the browser is served on
     http://HOST:PORT.
     """
-    from trainer.activations import ActivationError, ShardSource
-    from trainer.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.data.activations import ActivationError, ShardSource
     from trainer.formats import NATIVE_WEIGHTS, SAEFormatError, SAEMetadata
-    from trainer.train import CHECKPOINT, Trainer, TrainingInterrupted
+    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.training.trainer import CHECKPOINT, Trainer, TrainingInterrupted
 
     if synthetic:
         _synthetic_demo(out)
         return
     if tiny:
-        from trainer.models import TINY_MODEL
+        from trainer.lm.models import TINY_MODEL
 
         model = TINY_MODEL
         out = Path("runs/demo-tiny") if out == Path("runs/demo") else out
@@ -715,10 +715,10 @@ def _demo_index(sae_dir: Path, metrics: dict[str, Any], tokens: int, device: str
     """Register the demo SAE in the store and index it, unless an index of these weights exists."""
     from sqlalchemy import select
 
-    from app.db import session_scope
-    from app.indexer import IndexOptions, index_sae
-    from app.registry import RegistryError, default_name, import_sae
-    from app.schema import SAE
+    from app.catalog.saes import RegistryError, default_name, import_sae
+    from app.core.database import session_scope
+    from app.core.tables import SAE
+    from app.features.indexer import IndexOptions, index_sae
     from trainer.formats import load_native
 
     settings = Settings()
@@ -748,11 +748,11 @@ def _synthetic_demo(out: Path) -> None:
     """Train and evaluate a small JumpReLU SAE on synthetic data with a known dictionary."""
     import torch
 
-    from trainer.activations import SyntheticSource, SyntheticSpec
-    from trainer.config import SAEConfig, TrainConfig, resolve_recipe
-    from trainer.evaluate import evaluate
+    from trainer.data.activations import SyntheticSource, SyntheticSpec
+    from trainer.evaluation.metrics import evaluate
     from trainer.formats import NATIVE_WEIGHTS, SAEMetadata, load_native
-    from trainer.train import Trainer
+    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.training.trainer import Trainer
 
     out = out / "synthetic"
     spec = SyntheticSpec()

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 log = logging.getLogger("jumpscope.server")
 
@@ -69,15 +69,22 @@ class _TooLarge(Exception):
 
 def create_app(settings: Settings | None = None, *, encoder: Any = None) -> FastAPI:
     """The FastAPI app for `settings` (default: from the environment); `encoder` overrides the configured one."""
-    from app.db import check_schema, engine_for, session_factory
-    from app.encoder import make_encoder
-    from app.routers import encode, errors, features, health, jobs, ratings, saes, sweeps
+    from app.catalog import api as catalog_api
+    from app.core import errors, health
+    from app.core.database import check_schema, engine_for, session_factory
+    from app.encoding import api as encoding_api
+    from app.encoding.encoder import make_encoder
+    from app.features import api as features_api
+    from app.jobs import api as jobs_api
+    from app.ratings import api as ratings_api
+    from app.sweeps import api as sweeps_api
+    from app.web import pages
 
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from app.auth import tokens_configured
+        from app.auth.tokens import tokens_configured
 
         check_schema(app.state.engine)
         with app.state.sessions() as session:
@@ -97,27 +104,18 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     app.state.settings = settings
     app.state.engine = engine_for(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
-    app.state.encode_targets = {}  # SAE name -> (time, encoder target), see routers.encode
+    app.state.encode_targets = {}  # SAE name -> (time, encoder target), see app.encoding.api
     app.state.encoder = encoder or make_encoder(
         settings.worker_url, max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,
         max_batch_texts=settings.encode_max_batch, window_ms=settings.encode_window_ms,
         batching=settings.encode_batching, device=settings.device,
     )  # fmt: skip
     errors.install(app)
-    for module in (health, saes, features, ratings, encode, jobs, sweeps):
+    for module in (health, catalog_api, features_api, ratings_api, encoding_api, jobs_api, sweeps_api):
         app.include_router(module.router)
-    _mount_pages(app)
+    pages.mount(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     return app
-
-
-def _mount_pages(app: FastAPI) -> None:
-    """HTML pages and static files, when the pages module is present."""
-    try:
-        from app.routers import pages  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    pages.mount(app)
 
 
 def _version() -> str:

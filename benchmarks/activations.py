@@ -24,12 +24,12 @@ try:
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.config import SAEConfig
-from trainer.malloc import keep_freed_memory
-from trainer.models import DEFAULT_MODEL, load_model
-from trainer.sae import build_sae
-from trainer.sites import harvest
-from trainer.text import batch_sequences, iter_documents, pack_tokens
+from trainer.data.text import batch_sequences, iter_documents, pack_tokens
+from trainer.lm.models import DEFAULT_MODEL, load_model
+from trainer.lm.sites import harvest
+from trainer.saes import build_sae
+from trainer.training.config import SAEConfig
+from trainer.training.malloc import keep_freed_memory
 
 
 def main() -> None:

@@ -35,14 +35,14 @@ try:
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.config import SAEConfig
-from trainer.feature_stats import FeatureStats, FeatureStatsResult, StatsConfig
+from trainer.analysis.feature_stats import FeatureStats, FeatureStatsResult, StatsConfig
+from trainer.data.text import batch_sequences, iter_documents, pack_tokens
 from trainer.formats import load_native, sae_from_tensors
-from trainer.malloc import keep_freed_memory
-from trainer.models import DEFAULT_MODEL, load_model
-from trainer.sae import SAE
-from trainer.sites import harvest
-from trainer.text import batch_sequences, iter_documents, pack_tokens
+from trainer.lm.models import DEFAULT_MODEL, load_model
+from trainer.lm.sites import harvest
+from trainer.saes import SAE
+from trainer.training.config import SAEConfig
+from trainer.training.malloc import keep_freed_memory
 
 
 def calibrated_sae(lm: Any, layer: int, width: int, l0: float, batch: Any) -> SAE:
@@ -106,7 +106,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 def synthetic_result(width: int, seed: int = 0) -> Any:
     """An IndexPassResult-like object for `width` features: 20 top and 5x5 band examples of 64 tokens each."""
-    from trainer.index_pass import IndexPassResult
+    from trainer.analysis.index_pass import IndexPassResult
 
     g = torch.Generator().manual_seed(seed)
     k, nb, r, w = 20, 5, 5, 64
@@ -145,10 +145,10 @@ def synthetic_result(width: int, seed: int = 0) -> Any:
 def store(args: argparse.Namespace) -> None:
     from sqlalchemy import select, text
 
-    from app import queries
-    from app.db import engine_for, make_engine, normalise_url, session_scope, upgrade
-    from app.indexer import write_rows
-    from app.schema import SAE, Example, IndexRun, Model
+    from app.core.database import engine_for, make_engine, normalise_url, session_scope, upgrade
+    from app.core.tables import SAE, Example, IndexRun, Model
+    from app.features import queries
+    from app.features.indexer import write_rows
 
     result = synthetic_result(args.width)
     vocab = [f"tok{i}" for i in range(262_144)]
@@ -156,7 +156,7 @@ def store(args: argparse.Namespace) -> None:
     pg = args.postgres or os.environ.get("TEST_DATABASE_URL")
     if pg:
         targets.append(("postgres", pg))
-    print(f"store: {args.width} features x 45 examples x 64 tokens, written through app.indexer.write_rows")
+    print(f"store: {args.width} features x 45 examples x 64 tokens, written through app.features.indexer.write_rows")
     with tempfile.TemporaryDirectory() as tmp:
         for kind, base in targets:
             schema = None
@@ -221,7 +221,7 @@ def store(args: argparse.Namespace) -> None:
 
 def memory_child(width: int) -> None:
     """Runs in a fresh process: prints JSON with peak RSS figures."""
-    from trainer.logit_lens import output_tokens, similar_features
+    from trainer.analysis.logit_lens import output_tokens, similar_features
 
     def rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,6 +1,6 @@
 """The paper's Fig. 2 on Gemma 3 270M: a sparsity sweep, its budget and an honest reading (run by hand).
 
-Runs `jumpscope sweep` (the same code: app.sweep.run_sweep) at its CPU defaults or --quick,
+Runs `jumpscope sweep` (the same code: app.sweeps.run.run_sweep) at its CPU defaults or --quick,
 then prints, all measured in one run:
   1. this machine's dense fp32 matmul rate (the yardstick for every time below);
   2. the budget per stage (harvest, training, evaluation) in minutes and the total;
@@ -30,10 +30,10 @@ try:
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.sweep import SweepOptions, run_sweep
-from app.sweep_cli import QUICK
-from trainer.pareto import matched_l0
-from trainer.sweep import DEFAULT_GRID, QUICK_GRID, SweepConfig
+from app.sweeps.cli import QUICK
+from app.sweeps.run import SweepOptions, run_sweep
+from trainer.sweep.grid import DEFAULT_GRID, QUICK_GRID, SweepConfig
+from trainer.sweep.pareto import matched_l0
 
 
 def matmul_gflops(seconds: float = 3.0) -> float:

@@ -56,10 +56,10 @@ def prepare(folder: Path, sae_dir: Path, width: int) -> str:
     import torch
     from sqlalchemy import update
 
-    from app.db import engine_for, session_scope, upgrade
-    from app.indexer import write_rows
-    from app.registry import import_sae
-    from app.schema import SAE, IndexRun, Model
+    from app.catalog.saes import import_sae
+    from app.core.database import engine_for, session_scope, upgrade
+    from app.core.tables import SAE, IndexRun, Model
+    from app.features.indexer import write_rows
     from benchmarks.index import synthetic_result
 
     url = f"sqlite:///{folder / 'serve.db'}"
@@ -148,8 +148,8 @@ def ceiling(sae_dir: Path, rounds: int = 5) -> tuple[float, float]:
     import torch
 
     from trainer.formats import load_native
-    from trainer.models import load_model
-    from trainer.sites import harvest
+    from trainer.lm.models import load_model
+    from trainer.lm.sites import harvest
 
     loaded = load_native(sae_dir)
     lm = load_model(loaded.meta.model or "gemma3-270m")

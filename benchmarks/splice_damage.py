@@ -45,11 +45,11 @@ try:
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.stages import lm_source
+from app.pipeline.stages import lm_source
+from trainer.evaluation.delta_lm import delta_lm_losses
 from trainer.formats import load_native
-from trainer.lm_eval import delta_lm_losses
-from trainer.lm_source import LMActivationSource
-from trainer.sae import SAE
+from trainer.lm.source import LMActivationSource
+from trainer.saes import SAE
 
 EDITS = (
     "as-is",

@@ -29,7 +29,7 @@ depends on L0: every matmul is dense.
 Minor page faults per step are reported too. With glibc's default malloc every big (B, d_sae)
 temporary is a fresh mmap that the kernel faults in and zeroes page by page: about half of a
 d_in=640 step, varying from run to run. The trainer therefore calls
-trainer.malloc.keep_freed_memory() (TrainConfig.keep_freed_memory, on by default), and so
+trainer.training.malloc.keep_freed_memory() (TrainConfig.keep_freed_memory, on by default), and so
 does this benchmark, for both libraries alike; --default-malloc leaves glibc as it is.
 """
 
@@ -58,10 +58,10 @@ try:
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.config import DEFAULT_SPARSITY, SAEConfig, TrainConfig, lr_at, sparsity_at
-from trainer.malloc import keep_freed_memory
-from trainer.sae import JumpReLUSAE, build_sae
-from trainer.train import estimate_scale
+from trainer.saes import JumpReLUSAE, build_sae
+from trainer.training.config import DEFAULT_SPARSITY, SAEConfig, TrainConfig, lr_at, sparsity_at
+from trainer.training.malloc import keep_freed_memory
+from trainer.training.trainer import estimate_scale
 
 GOAL_FRACTION = 0.6
 GOAL_RATIO = 1.3

@@ -1,11 +1,11 @@
-"""Alembic environment: the URL comes from app.db.alembic_config (or DATABASE_URL via Settings)."""
+"""Alembic environment: the URL comes from app.core.database.alembic_config (or DATABASE_URL via Settings)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from app.db import make_engine, normalise_url
-from app.schema import Base
+from app.core.database import make_engine, normalise_url
+from app.core.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -14,7 +14,7 @@ target_metadata = Base.metadata
 def _url() -> object:
     url = config.attributes.get("url")
     if url is None:
-        from app.settings import Settings
+        from app.core.settings import Settings
 
         url = normalise_url(Settings().database_url)
     return url

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainer.config import SAEConfig, TrainConfig
+from trainer.training.config import SAEConfig, TrainConfig
 
 # Nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,14 +53,14 @@ def tiny_train_cfg(**overrides: Any) -> TrainConfig:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a tiny random Gemma 2 and its offline tokenizer (built once)."""
-    from trainer.tiny_model import build_tiny_gemma2
+    from trainer.lm.tiny_model import build_tiny_gemma2
 
     return build_tiny_gemma2(tmp_path_factory.mktemp("tiny-gemma2"))
 
 
 def _postgres_url(schema: str) -> str:
     """TEST_DATABASE_URL with every connection's search_path set to `schema`."""
-    from app.db import normalise_url
+    from app.core.database import normalise_url
 
     base = normalise_url(os.environ["TEST_DATABASE_URL"])
     return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
@@ -71,7 +71,7 @@ def database(kind: str, folder: Path) -> Iterator[str]:
     """An empty database URL: a SQLite file in folder, or a fresh schema on the Postgres of TEST_DATABASE_URL."""
     from sqlalchemy import text
 
-    from app.db import dispose_all, make_engine
+    from app.core.database import dispose_all, make_engine
 
     if kind == "sqlite":
         try:
@@ -104,7 +104,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def store(db_url: str) -> Any:
     """A migrated store: the engine for db_url."""
-    from app.db import engine_for, upgrade
+    from app.core.database import engine_for, upgrade
 
     upgrade(db_url)
     return engine_for(db_url)

@@ -20,10 +20,10 @@ import pytest
 import torch
 from sqlalchemy import Engine
 
-from app.db import session_scope
-from app.registry import import_sae
-from trainer.config import SAEConfig
+from app.catalog.saes import import_sae
+from app.core.database import session_scope
 from trainer.formats import SAEMetadata, sae_from_tensors, save_native
+from trainer.training.config import SAEConfig
 
 D_SAE = 40
 CONTEXT = 48
@@ -69,8 +69,8 @@ def register_tiny(engine: Engine, folder: Path, model_dir: Path, docs: Path) -> 
 
 def index_tiny(engine: Engine) -> None:
     """Index 'tiny' over 1,500 tokens of the short documents (small top-K, windows and bands)."""
-    from app.indexer import IndexOptions, index_sae
-    from trainer.feature_stats import StatsConfig
+    from app.features.indexer import IndexOptions, index_sae
+    from trainer.analysis.feature_stats import StatsConfig
 
     stats = StatsConfig(top_k=4, window=16, n_bands=3, band_size=2, n_bins=10)
     opts = IndexOptions(tokens=1500, stats=stats, device="cpu",
@@ -99,7 +99,7 @@ def shared_index(
 
     Tests using it must not depend on each other's writes (use their own feature indices and raters).
     """
-    from app.db import engine_for, upgrade
+    from app.core.database import engine_for, upgrade
     from tests.conftest import database
 
     folder = tmp_path_factory.mktemp(f"shared-{request.param}")

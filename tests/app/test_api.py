@@ -12,11 +12,11 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from app.auth import add_token
-from app.db import session_scope
-from app.schema import Job, Rating
+from app.auth.tokens import add_token
+from app.core.database import session_scope
+from app.core.settings import Settings
+from app.core.tables import Job, Rating
 from app.server import create_app
-from app.settings import Settings
 from tests.app.conftest import D_SAE
 
 
@@ -215,8 +215,8 @@ def test_jobs(client: TestClient, indexed: tuple[Engine, Any]) -> None:
 
 
 def test_encode(client: TestClient, indexed: tuple[Engine, Any], tiny_model_dir: Path) -> None:
-    from trainer.models import load_model
-    from trainer.sites import harvest
+    from trainer.lm.models import load_model
+    from trainer.lm.sites import harvest
 
     _, sae = indexed
     text = "the quick brown fox"
@@ -279,7 +279,7 @@ def test_encoder_unavailable_is_503(shared_index: Any, tmp_path: Path) -> None:
 
 
 def test_unmigrated_database_fails_at_start(tmp_path: Path) -> None:
-    from app.db import StoreError
+    from app.core.database import StoreError
 
     with pytest.raises(StoreError, match="jumpscope db upgrade"), make_client(f"sqlite:///{tmp_path}/x.db", tmp_path):
         pass

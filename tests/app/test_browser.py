@@ -19,8 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.schema import SAE, Feature, Rating
+from app.core.database import session_scope
+from app.core.tables import SAE, Feature, Rating
 from tests.app.conftest import jumpscope_serve
 
 CHROMIUM = Path("/usr/bin/chromium")

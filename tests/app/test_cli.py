@@ -89,7 +89,7 @@ def test_eval_of_a_folder_that_is_not_an_sae(tmp_path: Path) -> None:
 
 
 def test_eval_refuses_activations_of_the_wrong_width(tmp_path: Path) -> None:
-    from trainer.activations import TensorSource, write_shards
+    from trainer.data.activations import TensorSource, write_shards
 
     assert run("train", *SMALL, "--out", str(tmp_path / "sae")).returncode == 0
     write_shards(tmp_path / "acts", TensorSource(torch.randn(100, 20)), {})

@@ -1,4 +1,4 @@
-"""The encoder (app.encoder) and its worker API (app.worker_api) on the tiny random Gemma 2."""
+"""The encoder (app.encoding.encoder) and its worker API (app.encoding.worker_api) on the tiny random Gemma 2."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from app.encoder import (
+from app.encoding.encoder import (
     EncodeError,
     EncoderUnavailable,
     LocalEncoder,
@@ -22,11 +22,11 @@ from app.encoder import (
     TextEncoding,
     make_encoder,
 )
-from trainer.config import SAEConfig
 from trainer.formats import SAEMetadata, sae_from_tensors, save_native
-from trainer.models import LoadedModel, load_model
-from trainer.sae import SAE
-from trainer.sites import harvest
+from trainer.lm.models import LoadedModel, load_model
+from trainer.lm.sites import harvest
+from trainer.saes import SAE
+from trainer.training.config import SAEConfig
 
 D_IN, D_SAE, LAYER = 64, 40, 1
 
@@ -456,7 +456,7 @@ def test_health_and_make_encoder() -> None:
 def remote_for(encoder: LocalEncoder) -> RemoteEncoder:
     import httpx
 
-    from app.worker_api import create_worker_app
+    from app.encoding.worker_api import create_worker_app
 
     return RemoteEncoder("http://worker", transport=httpx.ASGITransport(app=create_worker_app(encoder)))
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import positive_data_acceptance
 
+from app.core.settings import Settings
 from app.server import create_app
-from app.settings import Settings
 
 EXAMPLES = 20
 

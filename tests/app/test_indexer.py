@@ -12,18 +12,18 @@ import torch
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
+from app.catalog.saes import import_sae
+from app.catalog.vocab import unpack
 from app.cli import app
-from app.db import session_scope
-from app.indexer import IndexOptions, index_sae
-from app.registry import import_sae
-from app.schema import SAE, Example, Feature, IndexRun, Model
-from app.vocab import unpack
+from app.core.database import session_scope
+from app.core.tables import SAE, Example, Feature, IndexRun, Model
+from app.features.indexer import IndexOptions, index_sae
 from tests.app.conftest import CONTEXT, D_SAE, random_jumprelu
-from trainer.feature_stats import StatsConfig
+from trainer.analysis.feature_stats import StatsConfig
+from trainer.data.text import batch_sequences, iter_documents, pack_tokens
 from trainer.formats import SAEMetadata, save_native
-from trainer.models import load_model
-from trainer.sites import harvest
-from trainer.text import batch_sequences, iter_documents, pack_tokens
+from trainer.lm.models import load_model
+from trainer.lm.sites import harvest
 
 TOKENS = 1500
 
@@ -197,7 +197,7 @@ def test_index_command_and_its_errors(registered: tuple[Engine, Any], db_url: st
 
 
 def test_an_sae_without_a_model_cannot_be_indexed(store: Engine, tmp_path: Path) -> None:
-    from app.registry import RegistryError
+    from app.catalog.saes import RegistryError
 
     save_native(tmp_path / "src", random_jumprelu(64), SAEMetadata())
     with session_scope(store) as session:

@@ -16,11 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, delete, func, select, update
 
-from app.auth import add_token
-from app.db import session_scope
-from app.registry import import_sae
-from app.schema import SAE, Example, Feature, Job, Model, Rating
-from app.vocab import pack, unpack
+from app.auth.tokens import add_token
+from app.catalog.saes import import_sae
+from app.catalog.vocab import pack, unpack
+from app.core.database import session_scope
+from app.core.tables import SAE, Example, Feature, Job, Model, Rating
 from tests.app.conftest import D_SAE
 from tests.app.test_api import make_client
 
@@ -602,8 +602,9 @@ def test_static_files_are_local(client: TestClient) -> None:
 
 def test_feature_template_renders_fast() -> None:
     """A large dashboard (20 top examples, 10 bands of 5, 64-token windows) renders well under 20 ms."""
-    from app.api_models import BandOut, ExampleOut, FeatureDetail, Histogram, OutputToken, RatingSummary
-    from app.routers.pages import FeatureView, Identity, templates
+    from app.features.schemas import BandOut, ExampleOut, FeatureDetail, Histogram, OutputToken
+    from app.ratings.schemas import RatingSummary
+    from app.web.pages import FeatureView, Identity, templates
 
     def example(peak: float) -> ExampleOut:
         values = [peak * ((i * 7919) % 64) / 63 for i in range(64)]

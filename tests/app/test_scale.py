@@ -28,8 +28,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.db import session_scope
-from app.schema import Rating
+from app.core.database import session_scope
+from app.core.tables import Rating
 from tests.app.conftest import D_SAE, WORDS, free_port
 
 pytestmark = [
@@ -134,8 +134,8 @@ def texts_to_encode() -> list[str]:
 
 def direct_encodings(engine: Any, texts: list[str]) -> dict[str, Any]:
     """The in-process encoding of each text (no server, no batching), from the SAE's row in the store."""
-    from app.encoder import LocalEncoder, SAETarget
-    from app.registry import get_sae
+    from app.catalog.saes import get_sae
+    from app.encoding.encoder import LocalEncoder, SAETarget
 
     with session_scope(engine) as session:
         row = get_sae(session, "tiny")

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
 from app.cli import app
-from app.db import engine_for, session_scope, upgrade
-from app.schema import SAE, Base, IndexRun, Model, Rating
+from app.core.database import engine_for, session_scope, upgrade
+from app.core.tables import SAE, Base, IndexRun, Model, Rating
 from tests.trainer.test_formats import full_meta, random_sae
 from trainer.formats import save_gemmascope, save_native, save_saelens
 
@@ -36,7 +36,7 @@ def test_migrations_match_the_models(store: Engine) -> None:
 
 
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
-    from app.db import downgrade
+    from app.core.database import downgrade
 
     upgrade(db_url)
     engine = engine_for(db_url)
@@ -57,7 +57,7 @@ def test_sqlite_runs_with_wal_and_foreign_keys(tmp_path: Path) -> None:
 
 
 def test_unmigrated_store_names_the_fix(db_url: str) -> None:
-    from app.db import StoreError, check_schema
+    from app.core.database import StoreError, check_schema
 
     with pytest.raises(StoreError, match="jumpscope db upgrade"):
         check_schema(engine_for(db_url))
@@ -204,7 +204,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
 def test_db_upgrade_command(db_url: str, tmp_path: Path) -> None:
     result = cli(db_url, tmp_path, "db", "upgrade")
     assert result.exit_code == 0, result.output
-    from app.db import head_revision
+    from app.core.database import head_revision
 
     assert f"at revision {head_revision()}" in result.output
     assert "saes" in inspect(engine_for(db_url)).get_table_names()

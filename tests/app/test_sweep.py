@@ -24,16 +24,16 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.db import engine_for, session_scope, upgrade
-from app.pareto_chart import ChartPoint, pareto_svg
-from app.schema import SAE, Sweep, SweepPointRow
-from app.sweep import store_sweep
-from app.sweep_cli import TINY_GRID, parse_grid, parse_overrides
-from app.sweep_results import PLOTS
+from app.core.database import engine_for, session_scope, upgrade
+from app.core.tables import SAE, Sweep, SweepPointRow
+from app.sweeps.chart import ChartPoint, pareto_svg
+from app.sweeps.cli import TINY_GRID, parse_grid, parse_overrides
+from app.sweeps.results import PLOTS
+from app.sweeps.run import store_sweep
 from tests.app.test_api import make_client
 from tests.conftest import database
-from trainer.pareto import matched_l0
-from trainer.sweep import SweepConfig, SweepPoint
+from trainer.sweep.grid import SweepConfig, SweepPoint
+from trainer.sweep.pareto import matched_l0
 
 JUMPSCOPE = [sys.executable, "-m", "app"]
 SIZES = ["--train-tokens", "8192", "--eval-tokens", "2048", "--lm-tokens", "256", "--device", "cpu"]
@@ -289,9 +289,9 @@ def test_sweep_points_and_config_validate() -> None:
 
 
 def test_named_deviations_reach_every_sae_and_win_over_the_recipe(tmp_path: Path) -> None:
-    from trainer.activations import write_shards
+    from trainer.data.activations import write_shards
     from trainer.formats import SAEMetadata
-    from trainer.sweep import train_point
+    from trainer.sweep.grid import train_point
 
     acts = tmp_path / "acts"
     write_shards(acts, iter([torch.randn(4096, 16)]), {"layer": 0})

@@ -1,7 +1,7 @@
 """A wheel of jumpscope works without the source checkout.
 
 The wheel carries templates/, static/ and migrations/ as data files (PREFIX/share/jumpscope);
-`app.assets` finds them there. The end-to-end test builds the real wheel, installs it into a new
+`app.core.assets` finds them there. The end-to-end test builds the real wheel, installs it into a new
 virtual environment (dependencies borrowed from the test environment, jumpscope itself only from
 the wheel), migrates a database and serves a page from outside the checkout.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app.assets import ASSETS, SHARE, asset_dir
+from app.core.assets import ASSETS, SHARE, asset_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,15 +103,15 @@ def test_an_installed_wheel_migrates_and_serves_pages_outside_the_checkout(wheel
     )
     script = textwrap.dedent(
         """
-        import app, app.assets
+        import app, app.core.assets
         from fastapi.testclient import TestClient
-        from app.db import upgrade
+        from app.core.database import upgrade
         from app.server import create_app
-        from app.settings import Settings
+        from app.core.settings import Settings
 
         print("package", app.__file__)
-        for name in app.assets.ASSETS:
-            print(name, app.assets.asset_dir(name))
+        for name in app.core.assets.ASSETS:
+            print(name, app.core.assets.asset_dir(name))
         url = "sqlite:///" + "DB"
         upgrade(url)
         client = TestClient(create_app(Settings(database_url=url)))

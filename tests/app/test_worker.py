@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from app import jobs
-from app.db import session_scope
-from app.schema import Job
-from app.settings import Settings
-from app.worker import Worker
+from app.core.database import session_scope
+from app.core.settings import Settings
+from app.core.tables import Job
+from app.jobs import queue as jobs
+from app.jobs.worker import Worker
 
 JUMPSCOPE = [sys.executable, "-m", "app"]
 

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from trainer import corpus
-from trainer.corpus import SOURCES, clean_wiki, describe_corpus, packaged_corpus, source_of
-from trainer.text import Document, is_heldout, iter_documents
+from trainer.data import corpus
+from trainer.data.corpus import SOURCES, clean_wiki, describe_corpus, packaged_corpus, source_of
+from trainer.data.text import Document, is_heldout, iter_documents
 
 MARKUP = (
     "{{",

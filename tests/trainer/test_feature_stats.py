@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from trainer.feature_stats import KEY_BITS, FeatureStats, FeatureStatsResult, StatsConfig
+from trainer.analysis.feature_stats import KEY_BITS, FeatureStats, FeatureStatsResult, StatsConfig
 
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 

@@ -29,7 +29,7 @@ from trainer.formats import (
     save_sae,
     save_saelens,
 )
-from trainer.sae import SAE, build_sae
+from trainer.saes import SAE, build_sae
 
 ARCHS = ["jumprelu", "relu", "topk", "gated"]
 D_IN, D_SAE, K = 16, 48, 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.logit_lens import output_tokens, similar_features
+from trainer.analysis.logit_lens import output_tokens, similar_features
 
 F, D, V = 50, 16, 300
 

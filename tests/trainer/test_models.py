@@ -1,4 +1,4 @@
-"""trainer.models: loading causal LMs (tiny random ones offline; the real Gemma 3 270M when slow)."""
+"""trainer.lm.models: loading causal LMs (tiny random ones offline; the real Gemma 3 270M when slow)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from trainer import models
-from trainer.models import (
+from trainer.lm import models
+from trainer.lm.models import (
     DEFAULT_MODEL,
     GEMMA3_270M_SHAPE,
     MARKER,
@@ -37,7 +37,7 @@ from trainer.models import (
     n_layers,
     special_token_ids,
 )
-from trainer.tiny_model import build_tokenizer, tiny_gemma2_config
+from trainer.lm.tiny_model import build_tokenizer, tiny_gemma2_config
 
 FAST = 5.0  # seconds: bad input must fail well inside this (no hub retries)
 
@@ -407,7 +407,7 @@ def test_hub_id_loads_from_the_local_hub_cache_offline(tiny_model_dir: Path, tmp
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("a" * 40)
     code = (
-        "from trainer.models import load_model\n"
+        "from trainer.lm.models import load_model\n"
         "lm = load_model('jumpscope-tests/tiny-gemma2')\n"
         "print(lm.source, lm.model_type, lm.model.config._attn_implementation, lm.n_layers)\n"
     )

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.activations import SyntheticSource, SyntheticSpec
-from trainer.config import SAEConfig, TrainConfig, resolve_recipe
-from trainer.evaluate import EvalResult, evaluate
-from trainer.sae import SAE
-from trainer.train import Trainer
+from trainer.data.activations import SyntheticSource, SyntheticSpec
+from trainer.evaluation.metrics import EvalResult, evaluate
+from trainer.saes import SAE
+from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
+from trainer.training.trainer import Trainer
 
 SPEC = SyntheticSpec(d_in=32, n_features=64, active_per_token=3.0)
 TOKENS = 4_000_000

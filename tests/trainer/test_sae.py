@@ -17,9 +17,8 @@ from torch import Tensor
 from torch.testing import assert_close
 
 from tests.conftest import tiny_sae_cfg, tiny_train_cfg
-from trainer.activations import SyntheticSource, SyntheticSpec
-from trainer.config import ARCHITECTURES, SAEConfig
-from trainer.sae import (
+from trainer.data.activations import SyntheticSource, SyntheticSpec
+from trainer.saes import (
     SAE,
     GatedSAE,
     JumpReLUSAE,
@@ -28,7 +27,8 @@ from trainer.sae import (
     build_sae,
     jumprelu_with_l0,
 )
-from trainer.train import Trainer
+from trainer.training.config import ARCHITECTURES, SAEConfig
+from trainer.training.trainer import Trainer
 
 F64 = torch.float64
 THRESHOLD_PARAMS = ("raw", "log")
@@ -612,7 +612,7 @@ def test_default_config_is_the_paper_jumprelu() -> None:
 
 
 def test_topk_trains_with_the_auxk_weight_from_the_first_step_and_others_warm_up_lambda() -> None:
-    from trainer.config import TrainConfig, sparsity_at, sparsity_coeff
+    from trainer.training.config import TrainConfig, sparsity_at, sparsity_coeff
 
     train = TrainConfig(tokens=8192, batch_size=1024, sparsity_coeff=0.5, sparsity_warmup_steps=4)
     topk = SAEConfig(d_in=16, d_sae=48, architecture="topk", k=4)

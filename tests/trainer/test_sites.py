@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from trainer.lm_eval import delta_lm_loss, delta_lm_losses
-from trainer.models import load_model
-from trainer.sites import SiteError, harvest, site_width, splice
+from trainer.evaluation.delta_lm import delta_lm_loss, delta_lm_losses
+from trainer.lm.models import load_model
+from trainer.lm.sites import SiteError, harvest, site_width, splice
 
 
 @pytest.fixture(scope="module")

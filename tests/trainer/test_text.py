@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from trainer.text import (
+from trainer.data.text import (
     DEFAULT_CONTEXT_SIZE_CPU,
     DEFAULT_CONTEXT_SIZE_GPU,
     DatasetError,

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import tiny_sae_cfg, tiny_train_cfg
-from trainer.activations import (
+from trainer.data.activations import (
     ActivationError,
     ShardSource,
     ShuffleBuffer,
@@ -21,9 +21,9 @@ from trainer.activations import (
     batches,
     write_shards,
 )
-from trainer.config import TrainConfig, lr_at, resolve_recipe, sparsity_at
 from trainer.formats import load_native
-from trainer.train import CHECKPOINT, METRICS, Trainer, TrainingInterrupted, estimate_scale
+from trainer.training.config import TrainConfig, lr_at, resolve_recipe, sparsity_at
+from trainer.training.trainer import CHECKPOINT, METRICS, Trainer, TrainingInterrupted, estimate_scale
 
 
 def synthetic(d_in: int = 16, **overrides: object) -> SyntheticSource:

@@ -1,0 +1,96 @@
+"""The error types every domain raises, their one-line bodies, and the exception -> status mapping.
+
+Domains subclass these (catalog's NotFound, encoding's EncodeError, ...) so that the server maps
+them without importing any domain: NotFound -> 404, InvalidInput -> 422, Unavailable -> 503,
+AuthError -> its own 401 / 403.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class InvalidInput(ValueError):
+    """A request that cannot be honoured as given: HTTP 422 with the message."""
+
+
+class NotFound(ValueError):
+    """An unknown name or index: HTTP 404."""
+
+
+class Unavailable(RuntimeError):
+    """A service the request needs is down (e.g. the encoder): HTTP 503."""
+
+
+class AuthError(Exception):
+    """A write without a valid token (401) or without the right (403)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "Invalid input: one line saying why"}
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown SAE or feature"}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or unknown token (only when tokens are configured)"},
+    403: {"model": ErrorOut, "description": "The token may not do this"},
+}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorOut, "description": "No encoder is available"}}
+
+
+def install(app: FastAPI) -> None:
+    """Map domain errors to status codes; never let bad input become a 500."""
+
+    def handler(status: int) -> Any:
+        async def handle(_request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        return handle
+
+    app.add_exception_handler(NotFound, handler(404))
+    app.add_exception_handler(InvalidInput, handler(422))
+    app.add_exception_handler(Unavailable, handler(503))
+
+    async def auth(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AuthError)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    app.add_exception_handler(AuthError, auth)
+
+    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        status = 422 if exc.status_code == 400 else exc.status_code  # an unparsable body is invalid input
+        return JSONResponse({"detail": str(exc.detail)}, status_code=status, headers=getattr(exc, "headers", None))
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def validation_message(errors: Any) -> str:
+    """FastAPI's validation errors as one line: 'body.text: String should have at least 1 character; ...'."""
+    parts = []
+    for error in errors:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body" or len(error.get("loc", ())) == 1)
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(parts)[:2000] or "invalid request"

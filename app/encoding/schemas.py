@@ -1,0 +1,63 @@
+"""REST bodies of encoding text into SAE features."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.schemas import StrictBody
+
+MAX_TEXTS = 16
+
+
+MAX_TEXT_CHARS = 20_000
+
+
+class _EncodeOptions(StrictBody):
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int | None = Field(None, ge=1, description="Keep the k strongest features per token (at most d_sae).")
+    features: list[int] | None = Field(
+        None, min_length=1, max_length=256, description="Also return these features densely (indices < d_sae)."
+    )
+    include_bos: bool = True
+
+
+class EncodeText(_EncodeOptions):
+    """One text; the reply is one EncodeOut."""
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class EncodeTexts(_EncodeOptions):
+    """Several texts; the reply holds one EncodeOut per text."""
+
+    texts: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
+        min_length=1, max_length=MAX_TEXTS
+    )
+
+
+EncodeIn = EncodeText | EncodeTexts
+
+
+class FeatureActivation(BaseModel):
+    index: int
+    value: float
+
+
+class DenseValues(BaseModel):
+    index: int
+    values: list[float]
+
+
+class EncodeOut(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    special: list[bool]
+    activations: list[list[FeatureActivation]] = Field(description="Per token: active features, highest first.")
+    features: list[DenseValues] | None = None
+
+
+class EncodeBatchOut(BaseModel):
+    results: list[EncodeOut]

@@ -1,0 +1,191 @@
+"""The `jumpscope sweep` command (registered on the CLI in app/cli.py). Heavy imports stay inside."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, soft_wrap=True)
+
+QUICK = {"width": 2048, "train_tokens": 300_000, "batch_size": 1024, "eval_tokens": 30_000, "lm_tokens": 2_048}
+"""--quick: smaller SAEs on fewer tokens (with trainer.sweep.grid.QUICK_GRID)."""
+TINY = {"width": 64, "train_tokens": 16_384, "batch_size": 1024, "eval_tokens": 4_096, "lm_tokens": 512}
+"""--tiny: a plumbing check on the tiny random Gemma 2 (numbers mean nothing)."""
+TINY_GRID = {"jumprelu": (1e-3, 1e-2), "relu": (1e-2, 1e-1), "topk": (4, 16), "gated": (1e-2, 1e-1)}
+
+
+def parse_grid(specs: list[str]) -> dict[str, tuple[float, ...]]:
+    """['jumprelu=1e-4,2e-4', 'topk=16,32'] -> {'jumprelu': (1e-4, 2e-4), 'topk': (16.0, 32.0)}."""
+    grid: dict[str, tuple[float, ...]] = {}
+    for spec in specs:
+        arch, sep, values = spec.partition("=")
+        if not sep or not values.strip():
+            raise ValueError(f"--grid takes ARCH=V1,V2,... (e.g. topk=16,32,64), got {spec!r}")
+        try:
+            grid[arch.strip()] = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise ValueError(f"--grid {spec!r}: the values must be numbers separated by commas") from None
+    return grid
+
+
+def parse_overrides(specs: list[str]) -> dict[str, Any]:
+    """['bandwidth=0.01', 'threshold_param=raw'] -> {'bandwidth': 0.01, 'threshold_param': 'raw'}.
+
+    Values are read as JSON (numbers, true/false, lists), anything else as text."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes FIELD=VALUE (e.g. bandwidth=0.01), got {spec!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def sweep_command(
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the cache, SAEs, results and plots (default runs/NAME).")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Sweep name; its SAEs register as NAME-ARCH-KNOBVALUE (default pareto, pareto-quick, pareto-tiny)."
+        ),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="'gemma3-270m' (packaged), a local model folder or a hub id (e.g. google/gemma-2-2b on a GPU)."
+        ),
+    ] = "gemma3-270m",
+    layer: Annotated[
+        int | None, typer.Option(help="Decoder layer (default: the middle one; 12 for Gemma 2 2B).")
+    ] = None,
+    site: Annotated[str, typer.Option(help="resid, mlp or attn.")] = "resid",
+    width: Annotated[int | None, typer.Option(help="d_sae of every SAE (default 4096; --quick 2048).")] = None,
+    train_tokens: Annotated[
+        int | None, typer.Option(help="Tokens each SAE trains on, harvested once (default 1,500,000; --quick 300,000).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Tokens per optimiser step (default 4096).")] = None,
+    eval_tokens: Annotated[
+        int | None, typer.Option(help="Held-out activations for L0, FVU, dead and dense (default 100,000).")
+    ] = None,
+    lm_tokens: Annotated[
+        int | None, typer.Option(help="Held-out predictions for delta LM loss (default 8,192; 0 skips it).")
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ARCH=V1,V2,... knob values (lambda, or k for topk); "
+            "repeat per architecture; replaces the default grid."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="One seed for every SAE (initialisation and token order).")] = 0,
+    epochs: Annotated[float, typer.Option(help="Passes of each SAE over the cached tokens.")] = 1.0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE: a named deviation for every SAE (an SAEConfig or TrainConfig "
+            "field, e.g. bandwidth=0.01, threshold_init=0.05, lr=3e-4); repeatable.",
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help="About 11 minutes on a 340 GFLOP/s 2-core CPU: 4 points per architecture, width 2048, 300k tokens."
+        ),
+    ] = False,
+    tiny: Annotated[bool, typer.Option(help="A plumbing check on the tiny random Gemma 2 (seconds).")] = False,
+    register: Annotated[
+        bool,
+        typer.Option("--register/--no-register", help="Store the SAEs and the sweep in the database (DATABASE_URL)."),
+    ] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train JumpReLU, ReLU, TopK and Gated SAEs at several sparsities on one activation cache and compare them.
+
+    The paper's Fig. 2 on activations you can run: every SAE has the same width, tokens, batch,
+    recipe and seed; all are evaluated on the same held-out text (L0, FVU, delta LM loss, dead
+    and dense fractions). Writes OUT/results.json, OUT/results.csv, OUT/fvu.svg and
+    OUT/delta_lm_loss.svg, registers the SAEs and the sweep, and the browser shows it at
+    /compare/NAME. Interrupted, the same command resumes: the cache and finished SAEs are kept.
+    """
+    from app.catalog.saes import RegistryError
+    from app.cli import _store, fail
+    from app.core.settings import Settings
+    from app.sweeps.run import SweepOptions, run_sweep
+    from trainer.data.activations import ActivationError
+    from trainer.formats import SAEFormatError
+    from trainer.lm.models import TINY_MODEL
+    from trainer.sweep.grid import DEFAULT_GRID, QUICK_GRID, SweepConfig
+    from trainer.training.trainer import TrainingInterrupted
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    preset = TINY if tiny else QUICK if quick else {}
+    given = {
+        "width": width,
+        "train_tokens": train_tokens,
+        "batch_size": batch_size,
+        "eval_tokens": eval_tokens,
+        "lm_tokens": lm_tokens,
+    }
+    sizes = {**preset, **{k: v for k, v in given.items() if v is not None}}
+    try:
+        chosen = parse_grid(grid) if grid else dict(TINY_GRID if tiny else QUICK_GRID if quick else DEFAULT_GRID)
+        overrides = parse_overrides(set_ or [])
+        cfg = SweepConfig(**sizes, grid=chosen, seed=seed, epochs=epochs, overrides=overrides)  # type: ignore[arg-type]
+        name = name or ("pareto-tiny" if tiny else "pareto-quick" if quick else "pareto")
+        opts = SweepOptions(
+            out=out or Path("runs") / name,
+            name=name,
+            model=TINY_MODEL if tiny else model,
+            layer=layer,
+            site=site,
+            device=device,
+            config=cfg,
+        )
+    except (ValueError, RegistryError) as err:
+        raise fail(str(err)) from None
+    settings = Settings()
+    engine = None
+    if register:
+        engine = _store(settings)
+    try:
+        doc = run_sweep(opts, engine, settings.data_dir, log=console.print, progress=sys.stderr.isatty())
+    except TrainingInterrupted:
+        console.print("interrupted: run the same command again to continue")
+        raise typer.Exit(code=130) from None
+    except (ValueError, ActivationError, SAEFormatError, RegistryError, OSError) as err:
+        raise fail(str(err)) from None
+    _print(doc)
+
+
+def _print(doc: dict[str, object]) -> None:
+    table = Table(title=f"sweep {doc['name']} (held-out metrics)")
+    for column in ("architecture", "knob", "L0", "FVU", "delta LM", "dead", "dense>1%", "train s"):
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+    for row in doc["points"]:  # type: ignore[attr-defined]
+        delta = row.get("delta_lm_loss")
+        table.add_row(
+            row["architecture"],
+            f"{row['knob']}={row['value']:g}",
+            f"{row['l0']:.1f}",
+            f"{row['fvu']:.4f}",
+            "-" if delta is None else f"{delta:.4f}",
+            f"{row['dead_fraction']:.1%}",
+            f"{row['dense_fraction_1pct']:.1%}",
+            f"{row['train_seconds']:.0f}",
+        )
+    Console(width=120).print(table)
+    budget = doc["budget"]
+    console.print("budget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget.items()))  # type: ignore[attr-defined]

@@ -1,0 +1,217 @@
+"""A sparsity sweep: the paper's Fig. 2 comparison on activations anyone can run.
+
+SAEs of several architectures, each at several sparsity levels, train on one activation cache
+with one budget (tokens, batch, recipe, seed) and are evaluated on the same held-out tokens:
+L0, FVU, dead and dense fractions, and delta LM loss on one shared set of predictions. Each
+architecture has its own sparsity knob (`KNOBS`): lambda of the L0 penalty (JumpReLU), lambda of
+the decoder-norm weighted L1 penalty (ReLU, Gated), or k (TopK).
+
+This module trains and measures; `app.sweeps.run` harvests the cache, stores and plots the results.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainer.data.activations import ShardSource
+from trainer.evaluation.delta_lm import delta_lm_losses
+from trainer.evaluation.metrics import evaluate
+from trainer.formats import NATIVE_WEIGHTS, SAEMetadata, load_native
+from trainer.training.config import ARCHITECTURES, Recipe, SAEConfig, TrainConfig, resolve_recipe
+from trainer.training.trainer import CHECKPOINT, Trainer
+
+KNOBS: dict[str, str] = {"jumprelu": "lambda", "relu": "lambda", "gated": "lambda", "topk": "k"}
+"""The sparsity knob each architecture's points sweep."""
+
+DEFAULT_GRID: dict[str, tuple[float, ...]] = {
+    "jumprelu": (3e-5, 6e-5, 1.2e-4, 2.5e-4, 5e-4),
+    "relu": (0.01, 0.016, 0.025, 0.04, 0.06),
+    "topk": (12, 24, 48, 96, 144),
+    "gated": (0.015, 0.02, 0.03, 0.045, 0.065),
+}
+"""Knob values per architecture for L0 of about 10 to 150 on Gemma 3 270M layer 9 (resid),
+calibrated at the --quick settings; measured at the defaults (README, "Reproducing the paper's
+Fig. 2"): JumpReLU L0 179-8.8, ReLU 208-7.3, Gated 191-9.5, TopK 12-144."""
+
+QUICK_GRID: dict[str, tuple[float, ...]] = {
+    "jumprelu": (3e-5, 1e-4, 3e-4, 1e-3),
+    "relu": (0.002, 0.006, 0.02, 0.06),
+    "topk": (12, 32, 64, 128),
+    "gated": (0.002, 0.006, 0.02, 0.06),
+}
+"""`--quick`: the calibration run (README): four points per architecture, the first guesses; the
+JumpReLU and TopK points span L0 of 5 to 165, ReLU's and Gated's reach 400-600 at their small
+lambdas (DEFAULT_GRID moves them into range)."""
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One SAE of the sweep: an architecture at one value of its sparsity knob."""
+
+    architecture: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if not math.isfinite(self.value) or self.value <= 0:
+            raise ValueError(f"{self.architecture}: the {self.knob} values must be positive, got {self.value}")
+        if self.knob == "k" and self.value != int(self.value):
+            raise ValueError(f"topk: k must be a whole number, got {self.value}")
+
+    @property
+    def knob(self) -> str:
+        return KNOBS[self.architecture]
+
+    @property
+    def slug(self) -> str:
+        """A URL- and file-safe name: 'topk-k48', 'jumprelu-lambda0.0002'."""
+        value = str(int(self.value)) if self.knob == "k" else f"{self.value:.6g}"
+        return f"{self.architecture}-{self.knob}{value}"
+
+
+SWEPT = {"d_in", "d_sae", "architecture", "k", "tokens", "batch_size", "recipe", "seed", "sparsity_coeff", "device"}
+"""Fields the sweep itself sets per point; everything else may be overridden."""
+OVERRIDABLE = ({f.name for f in fields(SAEConfig)} | {f.name for f in fields(TrainConfig)}) - SWEPT
+
+
+@dataclass
+class SweepConfig:
+    """What every SAE of a sweep shares, and the grid of knob values."""
+
+    width: int = 4096
+    """d_sae of every SAE."""
+    train_tokens: int = 1_500_000
+    """Activations harvested once into the cache; each SAE trains on epochs x this many."""
+    epochs: float = 1.0
+    """Passes of each SAE over the cache (1 = every token seen once)."""
+    batch_size: int = 4096
+    """Tokens per optimiser step."""
+    recipe: Recipe = "short"
+    """Training recipe for every architecture (jumprelu.md §3.3: `paper` learns nothing sparse in
+    a CPU-sized budget)."""
+    seed: int = 0
+    """One seed for every SAE: the same initialisation stream and the same shuffled token order."""
+    eval_tokens: int = 100_000
+    """Held-out activations for L0, FVU, dead and dense fractions."""
+    lm_tokens: int = 8_192
+    """Held-out next-token predictions for delta LM loss (the same ones for every SAE)."""
+    grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
+    """Knob values per architecture (see KNOBS); leave an architecture out to skip it."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Named deviations for every SAE: SAEConfig or TrainConfig fields (bandwidth, threshold_init,
+    threshold_param, lr, sparsity_warmup_steps, ...), taking precedence over the recipe."""
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.batch_size <= 0:
+            raise ValueError("width and batch_size must be positive")
+        if self.train_tokens < self.batch_size:
+            raise ValueError(f"train_tokens ({self.train_tokens}) must be at least batch_size ({self.batch_size})")
+        if self.eval_tokens <= 0 or self.lm_tokens < 0:
+            raise ValueError("eval_tokens must be positive and lm_tokens not negative")
+        if not 0 < self.epochs <= 100:
+            raise ValueError(f"epochs must be in (0, 100], got {self.epochs}")
+        unknown = set(self.overrides) - OVERRIDABLE
+        if unknown:
+            raise ValueError(
+                f"cannot override {', '.join(sorted(unknown))}: allowed are {', '.join(sorted(OVERRIDABLE))}"
+            )
+        self.grid = {arch: tuple(float(v) for v in values) for arch, values in self.grid.items()}
+        self.points()  # validates every value
+
+    def points(self) -> list[SweepPoint]:
+        """Every SAE of the sweep, architecture by architecture in `ARCHITECTURES` order."""
+        unknown = set(self.grid) - set(ARCHITECTURES)
+        if unknown:
+            raise ValueError(f"unknown architectures in the grid: {', '.join(sorted(unknown))}")
+        points = [SweepPoint(arch, v) for arch in ARCHITECTURES for v in sorted(self.grid.get(arch, ()))]
+        if not points:
+            raise ValueError("the grid holds no points")
+        return points
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "grid": {arch: list(values) for arch, values in self.grid.items()}}
+
+
+def train_point(
+    point: SweepPoint,
+    cfg: SweepConfig,
+    activations: Path,
+    out_dir: Path,
+    meta: SAEMetadata,
+    device: str = "auto",
+    progress: bool = True,
+) -> float:
+    """Train one point's SAE from the cache into out_dir (resuming a checkpoint); seconds spent.
+
+    A finished SAE (weights present) is left alone and costs nothing.
+    """
+    if (out_dir / NATIVE_WEIGHTS).exists():
+        return 0.0
+    started = time.perf_counter()
+    shards = ShardSource(activations, loop=True)
+    k = int(point.value) if point.knob == "k" else SAEConfig.k
+    sae_names = {f.name for f in fields(SAEConfig)}
+    sae_over = {name: v for name, v in cfg.overrides.items() if name in sae_names}
+    train_over = {name: v for name, v in cfg.overrides.items() if name not in sae_names}
+    sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=cfg.width, architecture=point.architecture, k=k, **sae_over)  # type: ignore[arg-type]
+    steps_tokens = int(cfg.train_tokens * cfg.epochs) // cfg.batch_size * cfg.batch_size
+    train_cfg = TrainConfig(**{
+        "tokens": max(cfg.batch_size, steps_tokens), "batch_size": cfg.batch_size, "recipe": cfg.recipe,
+        "seed": cfg.seed, "sparsity_coeff": None if point.knob == "k" else point.value,
+        "shuffle_buffer": min(262_144, shards.n_tokens), "norm_tokens": min(409_600, shards.n_tokens),
+        "checkpoint_every": 100, "log_every": 10, "device": device, **train_over,
+    })  # fmt: skip
+    resolve_recipe(sae_cfg, train_cfg, set(cfg.overrides))
+    meta = SAEMetadata(**{**asdict(meta), "extra": {**meta.extra, "sweep_point": asdict(point)}})
+    Trainer(sae_cfg, train_cfg, shards, out_dir, meta, progress=progress).fit(resume=(out_dir / CHECKPOINT).exists())
+    return time.perf_counter() - started
+
+
+def evaluate_points(
+    sae_dirs: dict[str, Path],
+    held_out: Sequence[Tensor],
+    *,
+    model: nn.Module | None = None,
+    layer: int | None = None,
+    site: str = "resid",
+    lm_batches: Iterable[tuple[Tensor, Tensor, Tensor]] = (),
+    lm_tokens: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Metrics of every SAE (by name) on the same held-out activations and, with a model, the
+    same held-out predictions (one clean pass shared by all: paired deltas)."""
+    saes = {name: load_native(path).sae.to(device).eval() for name, path in sae_dirs.items()}
+    n_tokens = sum(chunk.shape[0] for chunk in held_out)
+    results: dict[str, dict[str, Any]] = {
+        name: asdict(evaluate(sae, held_out, n_tokens, device=device)) for name, sae in saes.items()
+    }
+    if model is not None and lm_tokens > 0:
+        if layer is None:
+            raise ValueError("delta LM loss needs the layer the SAEs read")
+        reconstructs: dict[str, Callable[[Tensor], Tensor]] = {name: sae.forward for name, sae in saes.items()}
+        losses = delta_lm_losses(model, reconstructs, layer, site, lm_batches, lm_tokens, progress=progress)
+        for name, loss in losses.items():
+            results[name] |= {"delta_lm_loss": loss.delta_lm_loss, "clean_lm_loss": loss.clean_loss,
+                              "spliced_lm_loss": loss.spliced_loss, "lm_tokens": loss.tokens}  # fmt: skip
+    return results
+
+
+__all__ = [
+    "DEFAULT_GRID",
+    "KNOBS",
+    "QUICK_GRID",
+    "SweepConfig",
+    "SweepPoint",
+    "evaluate_points",
+    "train_point",
+]

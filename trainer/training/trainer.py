@@ -1,0 +1,349 @@
+"""The training loop: warm-ups, decoder constraint, checkpoints, metrics, DDP.
+
+One optimiser step (jumprelu.md §3, DL's update order):
+    x <- batch / C;  loss <- mse + lambda_t * sparsity (+ aux);  backward
+    project each W_dec row's gradient off the row;  (optional clip);  Adam at lr_t
+    renormalise W_dec rows;  clamp raw thresholds > 0
+Under torchrun every rank reads the same global batch stream and trains on its slice;
+DDP averages the gradients, so the run matches one process on the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from trainer.data.activations import ActivationSource, ShuffleBuffer, batches, take_tokens
+from trainer.formats import SAEMetadata, atomic_write_bytes, atomic_write_text, save_native
+from trainer.saes import SAE, StepOutput, TopKSAE, build_sae
+from trainer.training.config import SAEConfig, TrainConfig, lr_at, sparsity_at, sparsity_coeff
+from trainer.training.distributed import DistContext, all_reduce_sum, barrier, setup, teardown
+from trainer.training.malloc import keep_freed_memory
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+TRAIN_CONFIG = "train_config.json"
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: a checkpoint of the last complete step was written."""
+
+
+class TrainResult(NamedTuple):
+    """What `Trainer.fit` hands back."""
+
+    sae: SAE
+    """The inference-form SAE (normalisation folded in), as saved."""
+    out_dir: Path
+    """The native SAE folder (with metrics.jsonl and checkpoint.pt)."""
+    scale: float
+    """The normalisation scale C."""
+    steps: int
+    """Optimiser steps taken in total (including before a resume)."""
+
+
+class _Step(nn.Module):
+    """Routes DDP's forward to SAE.training_step, so DDP's gradient hooks see the call."""
+
+    def __init__(self, sae: SAE) -> None:
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, x: Tensor, coeff: float) -> StepOutput:
+        return self.sae.training_step(x, coeff)
+
+
+def estimate_scale(sample: Tensor) -> float:
+    """C = sqrt(mean ||x||^2), so that x / C has unit mean squared norm (GS §3.1)."""
+    mean_sq = sample.double().pow(2).sum(-1).mean().item()
+    if not math.isfinite(mean_sq) or mean_sq <= 0:
+        raise ValueError(f"cannot normalise: the mean squared norm of the activations is {mean_sq}")
+    return math.sqrt(mean_sq)
+
+
+class Trainer:
+    """Train one SAE from an activation source into a native SAE folder."""
+
+    def __init__(
+        self,
+        sae_cfg: SAEConfig,
+        train_cfg: TrainConfig,
+        source: ActivationSource,
+        out_dir: str | Path,
+        meta: SAEMetadata | None = None,
+        progress: bool = True,
+        on_step: Callable[[int, SAE], None] | None = None,
+    ) -> None:
+        if source.d_in != sae_cfg.d_in:
+            raise ValueError(
+                f"d_in mismatch: the activations are {source.d_in} wide but the SAE expects d_in={sae_cfg.d_in}"
+            )
+        self.sae_cfg = sae_cfg
+        self.cfg = train_cfg
+        self.source = source
+        self.out_dir = Path(out_dir)
+        self.meta = meta or SAEMetadata(dataset=source.description)
+        self.progress = progress
+        self.on_step = on_step
+        """Called after every optimiser step with (steps done, training-form SAE)."""
+        self._stop_requested = False
+
+    # -- data -----------------------------------------------------------------------------
+    def _stream(self, ctx: DistContext) -> Iterator[Tensor]:
+        """This rank's slice of every global batch, in a deterministic order."""
+        chunks: Any = self.source
+        if self.cfg.shuffle_buffer > 0:
+            chunks = ShuffleBuffer(chunks, self.cfg.shuffle_buffer, seed=self.cfg.seed)
+        per_rank = self.cfg.batch_size // ctx.world_size
+        lo = ctx.rank * per_rank
+        for batch in batches(chunks, self.cfg.batch_size):
+            yield batch[lo : lo + per_rank]
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _save_checkpoint(self, sae: SAE, optimizer: torch.optim.Optimizer, step: int, scale: float) -> None:
+        state = {
+            "step": step,
+            "scale": scale,
+            "sae": sae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sae_cfg": asdict(self.sae_cfg),
+        }
+        atomic_write_bytes(self.out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def _load_checkpoint(self, sae: SAE, optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, float]:
+        path = self.out_dir / CHECKPOINT
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state["sae_cfg"] != asdict(self.sae_cfg):
+            raise ValueError(f"{path} was written for a different SAE config: {state['sae_cfg']}")
+        sae.load_state_dict(state["sae"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"]), float(state["scale"])
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint we resume from."""
+        path = self.out_dir / METRICS
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    # -- the loop -------------------------------------------------------------------------
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+
+    def request_stop(self) -> None:
+        """Stop at the next step with a checkpoint (TrainingInterrupted); safe from another thread."""
+        self._stop_requested = True
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train for cfg.tokens tokens; with resume, continue from out_dir/checkpoint.pt."""
+        ctx = setup(self.cfg.device)
+        try:
+            return self._fit(ctx, resume)
+        finally:
+            teardown(ctx)
+
+    def _fit(self, ctx: DistContext, resume: bool) -> TrainResult:
+        cfg = self.cfg
+        if cfg.batch_size % ctx.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {ctx.world_size} processes")
+        if resume and not (self.out_dir / CHECKPOINT).exists():
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.out_dir}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.keep_freed_memory:
+            keep_freed_memory()
+        torch.manual_seed(cfg.seed)
+        sae = build_sae(self.sae_cfg).to(ctx.device)
+        if isinstance(sae, TopKSAE):
+            sae.dead_tokens = cfg.dead_tokens
+        fused = ctx.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
+        coeff = sparsity_coeff(self.sae_cfg, cfg)
+        total = cfg.total_steps
+
+        if resume:
+            start, scale = self._load_checkpoint(sae, optimizer, ctx.device)
+            if ctx.is_main:
+                self._trim_metrics(start)
+        else:
+            start = 0
+            sample = take_tokens(self.source, cfg.norm_tokens)
+            scale = estimate_scale(sample) if cfg.normalize else 1.0
+            if cfg.b_dec_init == "mean" or (cfg.b_dec_init is None and isinstance(sae, TopKSAE)):
+                with torch.no_grad():  # start b_dec at the data's centre (Gao et al. for TopK)
+                    sae.b_dec.copy_((sample.mean(0) / scale).to(ctx.device))
+            if ctx.is_main:
+                (self.out_dir / METRICS).unlink(missing_ok=True)
+                atomic_write_text(
+                    self.out_dir / TRAIN_CONFIG,
+                    json.dumps(
+                        {"sae": asdict(self.sae_cfg), "train": asdict(cfg), "world_size": ctx.world_size}, indent=2
+                    )
+                    + "\n",
+                )
+
+        model: nn.Module = _Step(sae)
+        if ctx.distributed:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+        stream = self._stream(ctx)
+        for _ in range(start):  # replay the deterministic stream to where we stopped
+            next(stream)
+
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C handling stays with the caller
+            previous = None
+        metrics_file = open(self.out_dir / METRICS, "a") if ctx.is_main else None  # noqa: SIM115
+        bar = tqdm(
+            total=total * cfg.batch_size,
+            initial=start * cfg.batch_size,
+            unit="tok",
+            unit_scale=True,
+            disable=not (self.progress and ctx.is_main),
+            desc=f"train {self.sae_cfg.architecture}",
+        )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.autocast_bf16 and ctx.device.type == "cuda")
+        step = start
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            for step in range(start, total):
+                if self._stop_requested:
+                    raise TrainingInterrupted
+                try:
+                    x = next(stream)
+                except StopIteration:
+                    raise ValueError(
+                        f"the activation source ran out after {step} steps ({step * cfg.batch_size} tokens); "
+                        f"--tokens asks for {total * cfg.batch_size}"
+                    ) from None
+                x = x.to(ctx.device, non_blocking=True) / scale  # (B_rank, d_in)
+                lam = sparsity_at(step, coeff, cfg, self.sae_cfg.architecture)
+                lr = lr_at(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    out: StepOutput = model(x, lam)
+                out.loss.backward()
+                sae.project_decoder_grad()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                sae.normalize_decoder()
+                sae.after_step()
+                fired = all_reduce_sum(out.active.any(0).to(torch.int32), ctx) > 0  # (d_sae,)
+                sae.update_dead(fired, cfg.batch_size)
+                if self.on_step is not None:
+                    self.on_step(step + 1, sae)
+
+                done = step + 1
+                window_tokens += cfg.batch_size
+                bar.update(cfg.batch_size)
+                if done % cfg.log_every == 0 or done == total:
+                    now = time.perf_counter()
+                    row = self._metrics_row(done, out, x, lam, lr, window_tokens / (now - window_start), sae, ctx)
+                    window_start, window_tokens = now, 0
+                    if metrics_file is not None:
+                        metrics_file.write(json.dumps(row) + "\n")
+                        metrics_file.flush()
+                    bar.set_postfix(l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+                    if ctx.is_main:
+                        self._save_checkpoint(sae, optimizer, done, scale)
+                    barrier(ctx)
+            step = total
+        except TrainingInterrupted:
+            if ctx.is_main:
+                self._save_checkpoint(sae, optimizer, step, scale)
+            raise
+        finally:
+            bar.close()
+            if metrics_file is not None:
+                metrics_file.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+        folded = sae.fold(scale).cpu()
+        if ctx.is_main:
+            self._save_checkpoint(sae, optimizer, total, scale)
+            self.meta.normalization_scale = scale
+            self.meta.tokens_trained = total * cfg.batch_size
+            self.meta.extra = {
+                **self.meta.extra,
+                "training": {
+                    "threshold_param": self.sae_cfg.threshold_param,
+                    "bandwidth": self.sae_cfg.bandwidth,
+                    "sparsity_coeff": coeff,
+                    "recipe": cfg.recipe,
+                    "lr": cfg.lr,
+                    "batch_size": cfg.batch_size,
+                    "steps": total,
+                    "seed": cfg.seed,
+                    "world_size": ctx.world_size,
+                },
+            }
+            save_native(self.out_dir, folded, self.meta)
+        barrier(ctx)
+        return TrainResult(folded, self.out_dir, scale, total)
+
+    @torch.no_grad()
+    def _metrics_row(
+        self,
+        step: int,
+        out: StepOutput,
+        x: Tensor,
+        lam: float,
+        lr: float,
+        tokens_per_s: float,
+        sae: SAE,
+        ctx: DistContext,
+    ) -> dict[str, Any]:
+        """One metrics.jsonl line, summed over ranks (per-token means over the global batch)."""
+        err = (out.x_hat.float() - x.float()).pow(2).sum()
+        centred = (x.float() - x.float().mean(0)).pow(2).sum()
+        n = torch.tensor(float(x.shape[0]), device=x.device)
+        sums = torch.stack(
+            [
+                out.loss.detach() * n,
+                out.mse.detach() * n,
+                out.sparsity.detach() * n,
+                out.aux.detach() * n,
+                out.active.sum().float(),
+                err,
+                centred,
+                n,
+            ]
+        )
+        loss, mse, sparsity, aux, l0, err_s, centred_s, n_all = all_reduce_sum(sums, ctx).tolist()
+        dead = float((sae.tokens_since_fired >= self.cfg.dead_tokens).float().mean())
+        return {
+            "step": step,
+            "tokens": step * self.cfg.batch_size,
+            "loss": loss / n_all,
+            "mse": mse / n_all,
+            "l0": l0 / n_all,
+            "fvu": err_s / max(centred_s, 1e-12),
+            "sparsity": sparsity / n_all,
+            "aux": aux / n_all,
+            "lambda": lam,
+            "lr": lr,
+            "dead_fraction": dead,
+            "tokens/s": tokens_per_s,
+        }
