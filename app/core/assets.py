@@ -13,7 +13,7 @@ import sysconfig
 from pathlib import Path
 
 ASSETS = ("templates", "static", "migrations")
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 SHARE = Path("share") / "jumpscope"
 
 

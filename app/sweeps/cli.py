@@ -1,4 +1,4 @@
-"""The `jumpscope sweep` command (registered on the CLI in app/cli.py). Heavy imports stay inside."""
+"""`jumpscope sweep`: the Fig. 2 comparison from the command line. Heavy imports stay inside."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True, soft_wrap=True)
+from app.core.commands import console
 
 QUICK = {"width": 2048, "train_tokens": 300_000, "batch_size": 1024, "eval_tokens": 30_000, "lm_tokens": 2_048}
 """--quick: smaller SAEs on fewer tokens (with trainer.sweep.grid.QUICK_GRID)."""
@@ -120,7 +120,7 @@ def sweep_command(
     /compare/NAME. Interrupted, the same command resumes: the cache and finished SAEs are kept.
     """
     from app.catalog.saes import RegistryError
-    from app.cli import _store, fail
+    from app.core.commands import fail, open_store
     from app.core.settings import Settings
     from app.sweeps.run import SweepOptions, run_sweep
     from trainer.data.activations import ActivationError
@@ -159,7 +159,7 @@ def sweep_command(
     settings = Settings()
     engine = None
     if register:
-        engine = _store(settings)
+        engine = open_store(settings)
     try:
         doc = run_sweep(opts, engine, settings.data_dir, log=console.print, progress=sys.stderr.isatty())
     except TrainingInterrupted:
@@ -189,3 +189,8 @@ def _print(doc: dict[str, object]) -> None:
     Console(width=120).print(table)
     budget = doc["budget"]
     console.print("budget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget.items()))  # type: ignore[attr-defined]
+
+
+def register(cli: typer.Typer) -> None:
+    """Add sweep to the root command."""
+    cli.command("sweep")(sweep_command)

@@ -1,0 +1,48 @@
+"""What every command shares: the error console, the one-line error exit, opening the store."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+console = Console(stderr=True, soft_wrap=True)
+"""Messages and errors go to stderr; results (JSON, tokens) to stdout."""
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line error and return the exit to raise (code 2)."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def open_store(settings: Settings | None = None) -> Engine:
+    from app.core.database import StoreError
+    from app.core.database import open_store as open_engine
+
+    settings = settings or Settings()
+    try:
+        return open_engine(settings.database_url)
+    except StoreError as err:
+        raise fail(str(err)) from None
+
+
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    Console().print(table)

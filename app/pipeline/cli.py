@@ -1,0 +1,430 @@
+"""Commands that train, cache and evaluate SAEs, and `jumpscope demo`, the main job end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from app.core.commands import Device, console, fail, open_store, print_metrics
+from app.core.settings import Settings
+from app.pipeline.stages import evaluate_sae_dir, lm_metadata, lm_source, write_activation_cache
+
+if TYPE_CHECKING:
+    from trainer.data.activations import ActivationSource
+
+
+# Tuned on the packaged Gemma 3 270M, layer 9 resid, width 4096, short recipe (see README).
+DEMO_L0_COEFF = 2e-4
+
+
+class Arch(StrEnum):
+    jumprelu = "jumprelu"
+    relu = "relu"
+    topk = "topk"
+    gated = "gated"
+
+
+class ThresholdParam(StrEnum):
+    log = "log"
+    raw = "raw"
+
+
+class Recipe(StrEnum):
+    paper = "paper"
+    short = "short"
+
+
+class BDecInit(StrEnum):
+    zeros = "zeros"
+    mean = "mean"
+
+
+def _synthetic_source(d_in: int, features: int, l0: float, seed: int) -> ActivationSource:
+    from trainer.data.activations import SyntheticSource, SyntheticSpec
+
+    return SyntheticSource(SyntheticSpec(d_in=d_in, n_features=features, active_per_token=l0, seed=seed))
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Output folder: the native SAE, metrics.jsonl, checkpoint.pt.")],
+    activations: Annotated[Path | None, typer.Option(help="Train from cached activation shards in DIR.")] = None,
+    synthetic: Annotated[bool, typer.Option(help="Train on synthetic data with a known sparse dictionary.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Stream live activations of this model: 'gemma3-270m', a local folder or a hub id."),
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="--model: decoder layer (default: the middle one).")] = None,
+    site: Annotated[str, typer.Option(help="--model: resid, mlp or attn.")] = "resid",
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="--model: HF dataset, local text/jsonl/parquet file or folder (default: packaged)."),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="--model: the dataset column holding the text.")] = "text",
+    context_size: Annotated[
+        int | None, typer.Option(help="--model: tokens per sequence (default 128 CPU, 1024 GPU).")
+    ] = None,
+    model_batch: Annotated[int, typer.Option(help="--model: sequences per forward pass.")] = 8,
+    synthetic_d_in: Annotated[int, typer.Option(help="Synthetic data: width d_in.")] = 64,
+    synthetic_features: Annotated[int, typer.Option(help="Synthetic data: true dictionary size.")] = 256,
+    synthetic_l0: Annotated[float, typer.Option(help="Synthetic data: true features active per token.")] = 4.0,
+    arch: Annotated[Arch, typer.Option(help="SAE architecture.")] = Arch.jumprelu,
+    width: Annotated[int, typer.Option(help="Number of latents d_sae.")] = 16_384,
+    l0_coeff: Annotated[float | None, typer.Option(help="JumpReLU lambda (L0 penalty, normalised units).")] = None,
+    l1_coeff: Annotated[float | None, typer.Option(help="ReLU / Gated lambda (decoder-norm-weighted L1).")] = None,
+    k: Annotated[int, typer.Option(help="TopK: active latents per token.")] = 32,
+    threshold_param: Annotated[
+        ThresholdParam | None,
+        typer.Option(help="JumpReLU: train log(theta) (paper) or raw theta (short runs). Default: from --recipe."),
+    ] = None,
+    recipe: Annotated[
+        Recipe,
+        typer.Option(help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run."),
+    ] = Recipe.paper,
+    bandwidth: Annotated[float, typer.Option(help="JumpReLU STE bandwidth epsilon.")] = 0.001,
+    tokens: Annotated[int, typer.Option(help="Training tokens.")] = 4_000_000_000,
+    batch_size: Annotated[int, typer.Option(help="Tokens per step (global across processes).")] = 4096,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 7e-5).")] = None,
+    lr_warmup_steps: Annotated[int | None, typer.Option(help="Cosine LR warm-up steps (paper: 1000).")] = None,
+    sparsity_warmup_steps: Annotated[
+        int | None, typer.Option(help="Linear lambda warm-up steps (paper: 10000).")
+    ] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Clip gradient norm (deviation; paper: none).")] = None,
+    b_dec_init: Annotated[
+        BDecInit | None, typer.Option(help="Start b_dec at zeros (paper) or the data mean (default: from --recipe).")
+    ] = None,
+    shuffle_buffer: Annotated[
+        int, typer.Option(help="Tokens in the shuffle buffer (0 = none; --model uses 262,144 unless set).")
+    ] = 0,
+    no_normalize: Annotated[
+        bool, typer.Option("--no-normalize", help="Do not scale inputs to unit mean squared norm.")
+    ] = False,
+    no_pre_enc_bias: Annotated[
+        bool, typer.Option("--no-pre-enc-bias", help="Do not subtract b_dec before encoding.")
+    ] = False,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    bf16: Annotated[bool, typer.Option(help="GPU: bf16 autocast for matmuls (weights stay fp32).")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 1000,
+    log_every: Annotated[int, typer.Option(help="metrics.jsonl line every N steps.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train one SAE (launch with `torchrun --nproc-per-node N -m app train ...` for DDP)."""
+    from trainer.data.activations import ActivationError, ShardSource
+    from trainer.formats import SAEMetadata
+    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.training.trainer import Trainer, TrainingInterrupted
+
+    if sum([activations is not None, synthetic, model is not None]) != 1:
+        raise fail("give exactly one activation source: --activations DIR, --model NAME or --synthetic")
+    if arch is Arch.jumprelu and l1_coeff is not None:
+        raise fail("--l1-coeff is for --arch relu or gated; JumpReLU takes --l0-coeff")
+    if arch in (Arch.relu, Arch.gated) and l0_coeff is not None:
+        raise fail(f"--l0-coeff is for --arch jumprelu; {arch.value} takes --l1-coeff")
+    try:
+        meta = SAEMetadata()
+        source: ActivationSource
+        if activations is not None:
+            shards = ShardSource(activations, loop=True)
+            source = shards
+            meta = SAEMetadata(
+                model=shards.meta.get("model"),
+                layer=shards.meta.get("layer"),
+                site=shards.meta.get("site"),
+                dataset=shards.description,
+                context_size=shards.meta.get("context_size"),
+                prepend_bos=bool(shards.meta.get("prepend_bos", True)),
+            )
+        elif model is not None:
+            lm = lm_source(model, layer, site, dataset, text_column, "train", context_size, model_batch, device.value)
+            source, meta = lm, lm_metadata(lm)
+            lm.cfg.loop = True
+            if shuffle_buffer == 0:  # consecutive tokens of one document are strongly correlated
+                shuffle_buffer = 262_144
+        else:
+            source = _synthetic_source(synthetic_d_in, synthetic_features, synthetic_l0, seed)
+            meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(source.spec)})  # type: ignore[attr-defined]
+        explicit: set[str] = set()
+        sae_kwargs: dict[str, Any] = {}
+        if threshold_param is not None:
+            sae_kwargs["threshold_param"] = threshold_param.value
+            explicit.add("threshold_param")
+        sae_cfg = SAEConfig(
+            d_in=source.d_in,
+            d_sae=width,
+            architecture=arch.value,
+            k=k,  # type: ignore[arg-type]
+            bandwidth=bandwidth,
+            use_pre_enc_bias=not no_pre_enc_bias,
+            **sae_kwargs,
+        )
+        train_kwargs: dict[str, Any] = {}
+        if b_dec_init is not None:
+            train_kwargs["b_dec_init"] = b_dec_init.value
+            explicit.add("b_dec_init")
+        for name, value in (
+            ("lr", lr),
+            ("lr_warmup_steps", lr_warmup_steps),
+            ("sparsity_warmup_steps", sparsity_warmup_steps),
+        ):
+            if value is not None:
+                train_kwargs[name] = value
+                explicit.add(name)
+        coeff = l0_coeff if arch is Arch.jumprelu else l1_coeff
+        train_cfg = TrainConfig(
+            tokens=tokens,
+            batch_size=batch_size,
+            sparsity_coeff=coeff,
+            grad_clip=grad_clip,
+            shuffle_buffer=shuffle_buffer,
+            normalize=not no_normalize,
+            device=device.value,  # type: ignore[arg-type]
+            autocast_bf16=bf16,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            seed=seed,
+            recipe=recipe.value,
+            **train_kwargs,  # type: ignore[arg-type]
+        )
+        resolve_recipe(sae_cfg, train_cfg, explicit)
+        result = Trainer(sae_cfg, train_cfg, source, out, meta, progress=progress).fit(resume=resume)
+    except TrainingInterrupted:
+        console.print(f"interrupted: checkpoint written; continue with --resume --out {out}")
+        raise typer.Exit(code=130) from None
+    except (ValueError, FileNotFoundError, ActivationError, OSError) as err:
+        raise fail(str(err)) from None
+    console.print(f"saved {result.sae.cfg.architecture} SAE ({result.steps} steps) to {result.out_dir}")
+
+
+def eval_(
+    sae_dir: Annotated[Path, typer.Argument(help="A native SAE folder.", metavar="DIR")],
+    activations: Annotated[Path | None, typer.Option(help="Held-out activation shards instead of live text.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model for live activations and delta LM loss (default: the SAE's own).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Text to evaluate on (default: the SAE's, held-out split).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Dataset split for live evaluation.")] = "heldout",
+    tokens: Annotated[int, typer.Option(help="Tokens for l0, fvu and the firing statistics.")] = 200_000,
+    lm_tokens: Annotated[int, typer.Option(help="Predictions for delta LM loss (0 = skip it).")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="Tokens per SAE batch.")] = 4096,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Print an SAE's metrics: l0, fvu, mse, dead and dense fractions, delta_lm_loss, tokens."""
+    from trainer.data.activations import ActivationError
+    from trainer.formats import SAEFormatError
+
+    try:
+        metrics = evaluate_sae_dir(
+            sae_dir, activations=activations, model=model, dataset=dataset, split=split, tokens=tokens,
+            lm_tokens=lm_tokens, batch_size=batch_size, device=device.value, progress=sys.stderr.isatty(),
+        )  # fmt: skip
+    except (ValueError, ActivationError, SAEFormatError, OSError) as err:
+        raise fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        print_metrics(metrics, f"{sae_dir}")
+
+
+def cache(
+    out: Annotated[Path, typer.Option("--out", help="New folder for the activation shards.")],
+    model: Annotated[
+        str, typer.Option(help="'gemma3-270m' (packaged), a local model folder or a hub id.")
+    ] = "gemma3-270m",
+    layer: Annotated[int | None, typer.Option(help="Decoder layer (default: the middle one).")] = None,
+    site: Annotated[str, typer.Option(help="resid, mlp or attn.")] = "resid",
+    dataset: Annotated[str | None, typer.Option(help="HF dataset, local text/jsonl/parquet file or folder.")] = None,
+    text_column: Annotated[str, typer.Option(help="The dataset column holding the text.")] = "text",
+    split: Annotated[str, typer.Option(help="Dataset split (packaged corpus: train or heldout).")] = "train",
+    context_size: Annotated[int | None, typer.Option(help="Tokens per sequence (default 128 CPU, 1024 GPU).")] = None,
+    tokens: Annotated[int, typer.Option(help="Activations to write (special tokens excluded).")] = 1_000_000,
+    model_batch: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    shard_tokens: Annotated[int, typer.Option(help="Activations per shard file.")] = 262_144,
+    bf16: Annotated[bool, typer.Option(help="Store bfloat16 instead of float32.")] = False,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+) -> None:
+    """Run a model over a dataset once and write activation shards for many SAEs to train on."""
+    from trainer.data.activations import ActivationError
+
+    if out.exists():
+        raise fail(f"{out} already exists; remove it or choose another --out")
+    try:
+        lm = lm_source(model, layer, site, dataset, text_column, split, context_size, model_batch, device.value, tokens)
+        n = write_activation_cache(lm, out, shard_tokens=shard_tokens, bf16=bf16)
+    except (ValueError, ActivationError, OSError) as err:
+        raise fail(str(err)) from None
+    console.print(f"wrote {n:,} activations of width {lm.d_in} to {out}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo keeps its stages (activations, SAE, eval).")] = Path(
+        "runs/demo"
+    ),
+    model: Annotated[str, typer.Option(help="Model: the packaged 'gemma3-270m', a local folder or a hub id.")] = (
+        "gemma3-270m"
+    ),
+    layer: Annotated[
+        int | None, typer.Option(help="Decoder layer (default: the middle one, 9 for Gemma 3 270M).")
+    ] = None,
+    cache_tokens: Annotated[int, typer.Option(help="Activations harvested once from the packaged corpus.")] = 600_000,
+    epochs: Annotated[float, typer.Option(help="Passes of SAE training over the cached activations.")] = 2.0,
+    width: Annotated[int, typer.Option(help="SAE width d_sae.")] = 4096,
+    l0_coeff: Annotated[float, typer.Option(help="JumpReLU lambda (short recipe).")] = DEMO_L0_COEFF,
+    retrain: Annotated[bool, typer.Option(help="Train and evaluate again even if finished stages are cached.")] = False,
+    synthetic: Annotated[bool, typer.Option(help="A 1-minute smoke run on synthetic data instead.")] = False,
+    tiny: Annotated[
+        bool, typer.Option(help="A 30-second smoke run on the tiny random Gemma 2 (OUT defaults to runs/demo-tiny).")
+    ] = False,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    index_tokens: Annotated[int, typer.Option(help="Tokens the indexer streams for the feature pages.")] = 200_000,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the browser at the end.")] = True,
+    host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+) -> None:
+    """The main job on embedded defaults: train, evaluate and index a JumpReLU SAE on Gemma 3 270M, then serve it.
+
+    Stages, each cached so a second run starts serving in seconds: the model is converted once
+    into the user cache; residual-stream activations of the middle layer over the packaged
+    corpus are harvested into OUT/activations; a JumpReLU SAE (short recipe) trains on them
+    into OUT/sae (an interrupted run resumes from its checkpoint); it is evaluated on held-out
+    text (l0, fvu, dead/dense, delta LM loss) into OUT/sae/eval.json; it is registered in the
+    database (DATABASE_URL, default ./jumpscope.db) and indexed; the browser is served on
+    http://HOST:PORT.
+    """
+    from trainer.data.activations import ActivationError, ShardSource
+    from trainer.formats import NATIVE_WEIGHTS, SAEFormatError, SAEMetadata
+    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.training.trainer import CHECKPOINT, Trainer, TrainingInterrupted
+
+    if synthetic:
+        _synthetic_demo(out)
+        return
+    if tiny:
+        from trainer.lm.models import TINY_MODEL
+
+        model = TINY_MODEL
+        out = Path("runs/demo-tiny") if out == Path("runs/demo") else out
+        cache_tokens, width, epochs = min(cache_tokens, 20_000), min(width, 256), max(epochs, 10.0)
+        index_tokens = min(index_tokens, 5_000)
+    trained = False
+    acts, sae_dir = out / "activations", out / "sae"
+    eval_path = sae_dir / "eval.json"
+    try:
+        if not (acts / "meta.json").exists():
+            lm = lm_source(model, layer, "resid", None, "text", "train", None, 32, device.value, cache_tokens)
+            console.print(
+                f"stage 1/5: harvesting {cache_tokens:,} activations of {lm.loaded.name} layer {lm.cfg.layer}"
+            )
+            write_activation_cache(lm, acts, bf16=True)
+        shards = ShardSource(acts, loop=True)
+        if retrain or not (sae_dir / NATIVE_WEIGHTS).exists():
+            resume = (sae_dir / CHECKPOINT).exists() and not retrain
+            tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
+            console.print(f"stage 2/5: training a {width}-wide JumpReLU SAE on {tokens:,} tokens")
+            trained = True
+            sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=width)
+            train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff, shuffle_buffer=262_144,
+                                    checkpoint_every=50, log_every=10, device=device.value)  # type: ignore[arg-type]  # fmt: skip
+            resolve_recipe(sae_cfg, train_cfg, set())
+            meta = SAEMetadata(model=shards.meta.get("model"), layer=shards.meta.get("layer"), site="resid",
+                               dataset="packaged", context_size=shards.meta.get("context_size"))  # fmt: skip
+            Trainer(sae_cfg, train_cfg, shards, sae_dir, meta).fit(resume=resume)
+            eval_path.unlink(missing_ok=True)
+        if not eval_path.exists():
+            console.print("stage 3/5: evaluating on held-out text")
+            metrics = evaluate_sae_dir(sae_dir, tokens=50_000, lm_tokens=4_000, device=device.value,
+                                       progress=sys.stderr.isatty())  # fmt: skip
+            eval_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        metrics = json.loads(eval_path.read_text())
+    except TrainingInterrupted:
+        console.print("interrupted: run `jumpscope demo` again to continue from the checkpoint")
+        raise typer.Exit(code=130) from None
+    except (ValueError, ActivationError, SAEFormatError, OSError) as err:
+        raise fail(str(err)) from None
+    print_metrics(metrics, f"demo SAE ({sae_dir}) on held-out text")
+    name = _demo_index(sae_dir, metrics, index_tokens, device.value, fresh=trained)
+    if serve:
+        import uvicorn
+
+        console.print(f"stage 5/5: serving on http://{host}:{port}/saes/{name} (Ctrl-C stops)")
+        uvicorn.run("app.server:create_app", factory=True, host=host, port=port, log_level="warning")
+
+
+def _demo_index(sae_dir: Path, metrics: dict[str, Any], tokens: int, device: str, *, fresh: bool) -> str:
+    """Register the demo SAE in the store and index it, unless an index of these weights exists."""
+    from sqlalchemy import select
+
+    from app.catalog.saes import RegistryError, default_name, import_sae
+    from app.core.database import session_scope
+    from app.core.tables import SAE
+    from app.features.indexer import IndexOptions, index_sae
+    from trainer.formats import load_native
+
+    settings = Settings()
+    engine = open_store(settings)
+    loaded = load_native(sae_dir)
+    name = default_name(loaded.meta, loaded.sae.cfg.architecture, loaded.sae.cfg.d_sae)
+    with session_scope(engine) as session:
+        row = session.scalar(select(SAE).where(SAE.name == name))
+        done = row is not None and row.index_run_id is not None and not fresh and row.indexed_tokens >= min(tokens, 1)
+    if done:
+        console.print(f"stage 4/5: {name} is registered and indexed ({settings.database_url})")
+        return name
+    console.print(f"stage 4/5: registering {name} in {settings.database_url} and indexing {tokens:,} tokens")
+    try:
+        with session_scope(engine) as session:
+            import_sae(session, sae_dir, data_dir=settings.data_dir, name=name, replace=True, metrics=metrics)
+        index_sae(engine, name, IndexOptions(tokens=tokens, device=device))
+    except KeyboardInterrupt:
+        console.print("interrupted: run `jumpscope demo` again to index")
+        raise typer.Exit(code=130) from None
+    except (RegistryError, ValueError, OSError) as err:
+        raise fail(str(err)) from None
+    return name
+
+
+def _synthetic_demo(out: Path) -> None:
+    """Train and evaluate a small JumpReLU SAE on synthetic data with a known dictionary."""
+    import torch
+
+    from trainer.data.activations import SyntheticSource, SyntheticSpec
+    from trainer.evaluation.metrics import evaluate
+    from trainer.formats import NATIVE_WEIGHTS, SAEMetadata, load_native
+    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
+    from trainer.training.trainer import Trainer
+
+    out = out / "synthetic"
+    spec = SyntheticSpec()
+    source = SyntheticSource(spec)
+    if not (out / NATIVE_WEIGHTS).exists():
+        sae_cfg = SAEConfig(d_in=spec.d_in, d_sae=512)
+        train_cfg = TrainConfig(tokens=8_192_000, batch_size=1024, recipe="short", sparsity_coeff=0.02,
+                                checkpoint_every=1000, log_every=50, norm_tokens=65_536)  # fmt: skip
+        resolve_recipe(sae_cfg, train_cfg, set())
+        meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(spec)})
+        Trainer(sae_cfg, train_cfg, source, out, meta).fit()
+    sae = load_native(out).sae
+    print_metrics(asdict(evaluate(sae, source.held_out(), 262_144)), f"synthetic demo SAE ({out}), held-out tokens")
+    cos = torch.nn.functional.normalize(sae.W_dec, dim=1) @ source.dictionary.T  # (d_sae, n_true)
+    Console().print(
+        f"mean best cosine of the {spec.n_features} true directions: "
+        f"{cos.max(0).values.mean().item():.3f} (true L0 ~{spec.active_per_token:g})"
+    )
+
+
+def register(cli: typer.Typer) -> None:
+    """Add train, cache, eval and demo to the root command."""
+    cli.command()(train)
+    cli.command()(cache)
+    cli.command("eval")(eval_)
+    cli.command()(demo)
