@@ -24,6 +24,7 @@ test-fast: setup  ## skip the slow real-model and multi-process tests
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 fmt: setup
 	$(VENV)/bin/ruff format .

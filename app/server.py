@@ -70,15 +70,21 @@ class _TooLarge(Exception):
 def create_app(settings: Settings | None = None, *, encoder: Any = None) -> FastAPI:
     """The FastAPI app for `settings` (default: from the environment); `encoder` overrides the configured one."""
     from app.catalog import api as catalog_api
+    from app.catalog import pages as catalog_pages
     from app.core import errors, health
     from app.core.database import check_schema, engine_for, session_factory
     from app.encoding import api as encoding_api
     from app.encoding.encoder import make_encoder
     from app.features import api as features_api
+    from app.features import pages as features_pages
     from app.jobs import api as jobs_api
+    from app.jobs import pages as jobs_pages
     from app.ratings import api as ratings_api
+    from app.ratings import pages as ratings_pages
+    from app.studies import pages as studies_pages
     from app.sweeps import api as sweeps_api
-    from app.web import pages
+    from app.sweeps import pages as sweeps_pages
+    from app.web import rendering
 
     settings = settings or Settings()
 
@@ -113,12 +119,14 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     errors.install(app)
     for module in (health, catalog_api, features_api, ratings_api, encoding_api, jobs_api, sweeps_api):
         app.include_router(module.router)
-    pages.mount(app)
+    rendering.mount(app)  # /static, and HTML 404 pages for browsers
+    for module in (catalog_pages, features_pages, ratings_pages, studies_pages, jobs_pages, sweeps_pages):
+        app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     return app
 
 
 def _version() -> str:
-    from trainer.formats import jumpscope_version
+    from trainer.version import jumpscope_version
 
     return jumpscope_version()

@@ -25,10 +25,11 @@ except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.data.text import batch_sequences, iter_documents, pack_tokens
-from trainer.lm.models import DEFAULT_MODEL, load_model
+from trainer.lm.gemma3_gguf import DEFAULT_MODEL
+from trainer.lm.models import load_model
 from trainer.lm.sites import harvest
-from trainer.saes import build_sae
-from trainer.training.config import SAEConfig
+from trainer.saes.config import SAEConfig
+from trainer.saes.registry import build_sae
 from trainer.training.malloc import keep_freed_memory
 
 

@@ -37,11 +37,13 @@ except ImportError:  # not installed: run from a checkout
 
 from trainer.analysis.feature_stats import FeatureStats, FeatureStatsResult, StatsConfig
 from trainer.data.text import batch_sequences, iter_documents, pack_tokens
-from trainer.formats import load_native, sae_from_tensors
-from trainer.lm.models import DEFAULT_MODEL, load_model
+from trainer.formats.native import load_native
+from trainer.formats.tensors import sae_from_tensors
+from trainer.lm.gemma3_gguf import DEFAULT_MODEL
+from trainer.lm.models import load_model
 from trainer.lm.sites import harvest
-from trainer.saes import SAE
-from trainer.training.config import SAEConfig
+from trainer.saes.base import SAE
+from trainer.saes.config import SAEConfig
 from trainer.training.malloc import keep_freed_memory
 
 
@@ -146,7 +148,7 @@ def store(args: argparse.Namespace) -> None:
     from sqlalchemy import select, text
 
     from app.core.database import engine_for, make_engine, normalise_url, session_scope, upgrade
-    from app.core.tables import SAE, Example, IndexRun, Model
+    from app.core.tables import Example, IndexRun, Model, SAERow
     from app.features import queries
     from app.features.indexer import write_rows
 
@@ -176,7 +178,9 @@ def store(args: argparse.Namespace) -> None:
                 engine = engine_for(url)
                 with session_scope(engine) as session:
                     model = Model(name="bench")
-                    sae = SAE(name="bench", model=model, architecture="jumprelu", d_in=640, d_sae=args.width, path="/")
+                    sae = SAERow(
+                        name="bench", model=model, architecture="jumprelu", d_in=640, d_sae=args.width, path="/"
+                    )
                     session.add(sae)
                     session.flush()
                     run = IndexRun(sae_id=sae.id, status="complete")
@@ -184,7 +188,7 @@ def store(args: argparse.Namespace) -> None:
                     session.flush()
                     sae.index_run_id, run_id = run.id, run.id
                 start = time.perf_counter()
-                n = write_rows(engine, run_id, result, vocab, 256)
+                n = write_rows(engine, run_id, result, vocab=vocab, batch=256)
                 write_s = time.perf_counter() - start
                 start = time.perf_counter()
                 with session_scope(engine) as session:

@@ -58,7 +58,7 @@ def prepare(folder: Path, sae_dir: Path, width: int) -> str:
 
     from app.catalog.saes import import_sae
     from app.core.database import engine_for, session_scope, upgrade
-    from app.core.tables import SAE, IndexRun, Model
+    from app.core.tables import IndexRun, Model, SAERow
     from app.features.indexer import write_rows
     from benchmarks.index import synthetic_result
 
@@ -68,16 +68,16 @@ def prepare(folder: Path, sae_dir: Path, width: int) -> str:
     with session_scope(engine) as session:
         import_sae(session, sae_dir, data_dir=folder / "data", name="enc", replace=True)
         model = Model(name="bench-model")
-        sae = SAE(name="wide", model=model, architecture="jumprelu", d_in=640, d_sae=width, path="/")
+        sae = SAERow(name="wide", model=model, architecture="jumprelu", d_in=640, d_sae=width, path="/")
         session.add(sae)
         session.flush()
         run = IndexRun(sae_id=sae.id, status="complete", tokens=1_000_000)
         session.add(run)
         session.flush()
         sae_id, run_id = sae.id, run.id
-    write_rows(engine, run_id, synthetic_result(width), [f"t{i}" for i in range(262_144)], 512)
+    write_rows(engine, run_id, synthetic_result(width), vocab=[f"t{i}" for i in range(262_144)], batch=512)
     with session_scope(engine) as session:
-        session.execute(update(SAE).where(SAE.id == sae_id).values(index_run_id=run_id, indexed_tokens=1_000_000))
+        session.execute(update(SAERow).where(SAERow.id == sae_id).values(index_run_id=run_id, indexed_tokens=1_000_000))
     del torch
     engine.dispose()
     return url
@@ -147,7 +147,7 @@ def ceiling(sae_dir: Path, rounds: int = 5) -> tuple[float, float]:
     """In-process tokens/s of forward + encode for 1 text and for 16 texts of 64 tokens: the batching ceiling."""
     import torch
 
-    from trainer.formats import load_native
+    from trainer.formats.native import load_native
     from trainer.lm.models import load_model
     from trainer.lm.sites import harvest
 

@@ -47,9 +47,9 @@ except ImportError:  # not installed: run from a checkout
 
 from app.pipeline.stages import lm_source
 from trainer.evaluation.delta_lm import delta_lm_losses
-from trainer.formats import load_native
+from trainer.formats.native import load_native
 from trainer.lm.source import LMActivationSource
-from trainer.saes import SAE
+from trainer.saes.base import SAE
 
 EDITS = (
     "as-is",
@@ -160,7 +160,8 @@ def main() -> None:
     meta = json.loads((args.run / "activations" / "meta.json").read_text())
     record = json.loads((args.run / "sweep.json").read_text())
     layer, site = int(meta["layer"]), record["site"]
-    source = lm_source(record["model"], layer, site, None, "text", "heldout", meta.get("context_size"), 8, args.device)
+    source = lm_source(model=record["model"], layer=layer, site=site, split="heldout",
+                       context_size=meta.get("context_size"), device=args.device)  # fmt: skip
     batches, x = held_out_activations(source, args.tokens)
     mu = x.mean(0)  # (d_in,)
     massive = x.abs().mean(0).topk(MASSIVE).indices  # (MASSIVE,)
@@ -182,7 +183,15 @@ def main() -> None:
             reconstructs[f"{slug}|{edit}"] = edited(sae, edit, mu, mean_err, stats[slug]["fvu"], massive, pcs, seed=0)
     model = source.loaded.model
     with torch.no_grad():
-        losses = delta_lm_losses(model, reconstructs, layer, site, batches, args.tokens, progress=sys.stderr.isatty())
+        losses = delta_lm_losses(
+            model,
+            reconstructs,
+            layer=layer,
+            site=site,
+            batches=batches,
+            max_tokens=args.tokens,
+            progress=sys.stderr.isatty(),
+        )
     first = next(iter(losses.values()))
     print(f"\ndelta LM loss (nats) on {first.tokens:,} held-out predictions, clean loss {first.clean_loss:.4f}")
     print(f"{'sae':<26}" + "".join(f"{e:>14}" for e in args.edits))

@@ -58,8 +58,10 @@ try:
 except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.saes import JumpReLUSAE, build_sae
-from trainer.training.config import DEFAULT_SPARSITY, SAEConfig, TrainConfig, lr_at, sparsity_at
+from trainer.saes.config import SAEConfig
+from trainer.saes.jumprelu import JumpReLUSAE
+from trainer.saes.registry import build_sae, get
+from trainer.training.config import TrainConfig, lr_at, sparsity_at
 from trainer.training.malloc import keep_freed_memory
 from trainer.training.trainer import estimate_scale
 
@@ -160,7 +162,7 @@ class JumpscopeRunner:
         self.batch = args.batch
         self.target_l0 = args.target_l0
         self.train_cfg = TrainConfig(batch_size=args.batch)  # the paper's lr, Adam (0, 0.999), eps, warm-ups
-        self.coeff = DEFAULT_SPARSITY["jumprelu"]
+        self.coeff = get("jumprelu").default_coeff
         self.scale = estimate_scale(torch.cat(raw_pool))  # Trainer: C = sqrt(mean ||x||^2)
         torch.manual_seed(args.seed)
         sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae))  # jumprelu, log threshold, pre-encoder bias
@@ -185,7 +187,7 @@ class JumpscopeRunner:
 
     def step(self, raw: Tensor, mark: Callable[[str], contextlib.AbstractContextManager[Any]] = _no_mark) -> None:
         sae, optimizer, cfg, step = self.sae, self.optimizer, self.train_cfg, self.n_steps
-        # ---- mirrors the inner loop of trainer/train.py Trainer._fit (one process, CPU, no clip) ----
+        # ---- mirrors the inner loop of trainer/training/trainer.py Trainer._fit (one process, CPU, no clip) ----
         with mark("x / scale"):
             x = raw.to("cpu", non_blocking=True) / self.scale  # (B, d_in)
         lam = sparsity_at(step, self.coeff, cfg)

@@ -3,7 +3,7 @@
 (function () {
   "use strict";
 
-  // The same single-hue scale as app/page_helpers.py (ColorBrewer Oranges), quantised to 100 levels.
+  // The same single-hue scale as app/web/tokens.py (ColorBrewer Oranges), quantised to 100 levels.
   var STOPS = [[255, 245, 235], [254, 230, 206], [253, 208, 162], [253, 174, 107], [253, 141, 60],
     [241, 105, 19], [217, 72, 1], [166, 54, 3], [127, 39, 4]];
   var DARK_FROM = 0.6;

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from trainer.training.config import SAEConfig, TrainConfig
+from trainer.saes.config import SAEConfig
+from trainer.training.config import TrainConfig
 
 # Nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

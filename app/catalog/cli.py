@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,24 +10,12 @@ import typer
 
 from app.core.commands import console, fail, open_store
 from app.core.settings import Settings
-
-
-class Format(StrEnum):
-    auto = "auto"
-    native = "native"
-    gemmascope = "gemmascope"
-    saelens = "saelens"
-
-
-class ExportFormat(StrEnum):
-    native = "native"
-    gemmascope = "gemmascope"
-    saelens = "saelens"
+from trainer.formats import FormatOrAuto, SAEFormat
 
 
 def import_(
     path: Annotated[Path, typer.Argument(help="A native folder, a Gemma Scope params.npz or a SAELens folder.")],
-    format: Annotated[Format, typer.Option(help="Format of PATH (auto detects it).")] = Format.auto,
+    format: Annotated[FormatOrAuto, typer.Option(help="Format of PATH (auto detects it).")] = "auto",
     name: Annotated[str | None, typer.Option(help="URL-safe name (default: MODEL-lLAYER-SITE-WIDTH).")] = None,
     model: Annotated[str | None, typer.Option(help="The SAE's model, where the file does not say.")] = None,
     layer: Annotated[int | None, typer.Option(help="The SAE's layer, where the file does not say.")] = None,
@@ -43,7 +30,7 @@ def import_(
 
     from app.catalog.saes import RegistryError, import_sae, ratings_count
     from app.core.database import session_scope
-    from trainer.formats import SAEFormatError
+    from trainer.formats.files import SAEFormatError
 
     settings = Settings()
     engine = open_store(settings)
@@ -56,7 +43,7 @@ def import_(
     try:
         with session_scope(engine) as session:
             row, replaced = import_sae(
-                session, path, data_dir=settings.data_dir, format=format.value, name=name, model=model,
+                session, path, data_dir=settings.data_dir, format=format, name=name, model=model,
                 layer=layer, site=site, replace=replace, metrics=extra,
             )  # fmt: skip
             kept = ratings_count(session, row) if replaced else 0
@@ -72,20 +59,20 @@ def import_(
 def export(
     name: Annotated[str, typer.Argument(help="A registered SAE.")],
     out: Annotated[Path, typer.Argument(help="Folder (or .npz file for gemmascope) to write.")],
-    format: Annotated[ExportFormat, typer.Option(help="Output format.")] = ExportFormat.native,
+    format: Annotated[SAEFormat, typer.Option(help="Output format.")] = "native",
 ) -> None:
     """Write a registered SAE as a native folder, a Gemma Scope params.npz or a SAELens folder."""
     from app.catalog.saes import RegistryError, export_sae
     from app.core.database import session_scope
-    from trainer.formats import SAEFormatError
+    from trainer.formats.files import SAEFormatError
 
     engine = open_store()
     try:
         with session_scope(engine) as session:
-            written = export_sae(session, name, out, format.value)
+            written = export_sae(session, name, out, format)
     except (RegistryError, SAEFormatError, OSError) as err:
         raise fail(str(err)) from None
-    console.print(f"wrote {name} as {format.value} to {written}")
+    console.print(f"wrote {name} as {format} to {written}")
 
 
 def register(cli: typer.Typer) -> None:

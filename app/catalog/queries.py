@@ -1,4 +1,4 @@
-"""Read queries of the SAE catalogue: summaries, details, the frequency histogram.
+"""Read queries of the SAE catalogue: summaries, details, the frequency histogram, the sweeps an SAE is in.
 
 Every function takes a Session and returns API models; unknown names raise NotFound (-> 404).
 """
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog.saes import NotFound, get_sae
 from app.catalog.schemas import FrequencyHistogram, IndexInfo, SAEDetail, SAESummary
-from app.core.tables import SAE, Feature, IndexRun, Rating
+from app.core.tables import Feature, IndexRun, Rating, SAERow, Sweep, SweepPointRow
 
 FREQ_EDGES = [x / 4 for x in range(-28, 1)]  # log10 frequency from 1e-7 to 1 in quarter decades
 
@@ -20,7 +20,7 @@ def _rated_features(session: Session, sae_id: int) -> int:
     return session.scalar(select(func.count(func.distinct(Rating.feature_index))).where(Rating.sae_id == sae_id)) or 0
 
 
-def sae_summary(session: Session, sae: SAE) -> SAESummary:
+def sae_summary(session: Session, sae: SAERow) -> SAESummary:
     return SAESummary(
         name=sae.name, model=sae.model.name if sae.model else None, layer=sae.layer, site=sae.site,
         architecture=sae.architecture, d_in=sae.d_in, d_sae=sae.d_sae, indexed_tokens=sae.indexed_tokens,
@@ -29,7 +29,7 @@ def sae_summary(session: Session, sae: SAE) -> SAESummary:
 
 
 def list_saes(session: Session) -> list[SAESummary]:
-    return [sae_summary(session, sae) for sae in session.scalars(select(SAE).order_by(SAE.name))]
+    return [sae_summary(session, sae) for sae in session.scalars(select(SAERow).order_by(SAERow.name))]
 
 
 def frequency_histogram(session: Session, run_id: int) -> FrequencyHistogram:
@@ -55,6 +55,18 @@ def sae_detail(session: Session, name: str) -> SAEDetail:
     )  # fmt: skip
 
 
-def check_index(sae: SAE, index: int) -> None:
+def check_index(sae: SAERow, index: int) -> None:
     if not 0 <= index < sae.d_sae:
         raise NotFound(f"SAE {sae.name!r} has features 0 to {sae.d_sae - 1}; there is no feature {index}")
+
+
+def sweeps_of(session: Session, sae_name: str) -> list[str]:
+    """Names of the sweeps an SAE belongs to (the SAE page's "Compared in")."""
+    query = (
+        select(Sweep.name)
+        .join(SweepPointRow, SweepPointRow.sweep_id == Sweep.id)
+        .join(SAERow, SAERow.id == SweepPointRow.sae_id)
+        .where(SAERow.name == sae_name)
+        .order_by(Sweep.name)
+    )
+    return list(session.scalars(query).unique())

@@ -16,13 +16,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.core import errors
-from app.core.tables import SAE, IndexRun, Model, Rating
+from app.core.tables import IndexRun, Model, Rating, SAERow
+from trainer.formats import FORMATS
 
 if TYPE_CHECKING:
-    from trainer.formats import LoadedSAE, SAEMetadata
+    from trainer.formats.native import LoadedSAE, SAEMetadata
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-FORMATS = ("native", "gemmascope", "saelens")
 
 
 class RegistryError(errors.InvalidInput):
@@ -61,10 +61,10 @@ def default_name(meta: SAEMetadata, architecture: str, d_sae: int) -> str:
     return slug[:100] or "sae"
 
 
-def get_sae(session: Session, name: str) -> SAE:
-    sae = session.scalar(select(SAE).where(SAE.name == name)) if NAME_PATTERN.match(name) else None
+def get_sae(session: Session, name: str) -> SAERow:
+    sae = session.scalar(select(SAERow).where(SAERow.name == name)) if NAME_PATTERN.match(name) else None
     if sae is None:
-        known = session.scalars(select(SAE.name).order_by(SAE.name).limit(20)).all()
+        known = session.scalars(select(SAERow.name).order_by(SAERow.name).limit(20)).all()
         listing = ", ".join(known) if known else "none yet; register one with `jumpscope import`"
         raise NotFound(f"no SAE named {name!r} (known: {listing})")
     return sae
@@ -83,7 +83,7 @@ def get_or_create_model(session: Session, name: str, **fields: Any) -> Model:
     return model
 
 
-def _apply(row: SAE, loaded: LoadedSAE, path: Path, model: Model | None, cfg: dict[str, Any]) -> None:
+def _apply(row: SAERow, loaded: LoadedSAE, path: Path, model: Model | None, cfg: dict[str, Any]) -> None:
     meta = loaded.meta
     row.model = model
     row.layer = meta.layer
@@ -113,15 +113,17 @@ def import_sae(
     site: str | None = None,
     replace: bool = False,
     metrics: dict[str, Any] | None = None,
-) -> tuple[SAE, bool]:
+) -> tuple[SAERow, bool]:
     """Register the SAE at `source`; returns (row, replaced). The caller commits.
 
     `model`/`layer`/`site` fill in what the file does not say (and override it when given).
     Re-importing an existing name needs `replace=True`: the weights and metadata are replaced,
     the old index is dropped (it described other weights) and ratings are kept.
     """
-    from trainer.formats import NATIVE_CFG, load_sae, read_native_cfg, save_native
-    from trainer.lm.sites import SITES
+    from trainer.formats import load_sae
+    from trainer.formats.files import NATIVE_CFG
+    from trainer.formats.native import read_native_cfg, save_native
+    from trainer.lm.site_names import SITES
 
     if format not in ("auto", *FORMATS):
         raise RegistryError(f"unknown format {format!r} (allowed: auto, {', '.join(FORMATS)})")
@@ -137,7 +139,7 @@ def import_sae(
     loaded = loaded._replace(meta=meta)
     arch, d_sae = loaded.sae.cfg.architecture, loaded.sae.cfg.d_sae
     name = check_name(name) if name is not None else default_name(meta, arch, d_sae)
-    existing = session.scalar(select(SAE).where(SAE.name == name))
+    existing = session.scalar(select(SAERow).where(SAERow.name == name))
     if existing is not None and not replace:
         raise RegistryError(f"an SAE named {name!r} is already registered: pass --replace to overwrite it")
     target = (data_dir / "saes" / name).resolve()
@@ -150,9 +152,9 @@ def import_sae(
     staging.rename(target)
     assert (target / NATIVE_CFG).exists()
     model_row = get_or_create_model(session, meta.model) if meta.model else None
-    row = existing or SAE(name=name)
+    row = existing or SAERow(name=name)
     if existing is not None:
-        session.execute(update(SAE).where(SAE.id == existing.id).values(index_run_id=None, indexed_tokens=0))
+        session.execute(update(SAERow).where(SAERow.id == existing.id).values(index_run_id=None, indexed_tokens=0))
         session.execute(delete(IndexRun).where(IndexRun.sae_id == existing.id))
         session.refresh(existing)
     _apply(row, loaded, target, model_row, cfg)
@@ -162,15 +164,16 @@ def import_sae(
     return row, existing is not None
 
 
-def ratings_count(session: Session, sae: SAE) -> int:
+def ratings_count(session: Session, sae: SAERow) -> int:
     from sqlalchemy import func
 
     return session.scalar(select(func.count()).select_from(Rating).where(Rating.sae_id == sae.id)) or 0
 
 
-def load_registered(sae: SAE, device: str = "cpu") -> LoadedSAE:
+def load_registered(sae: SAERow, device: str = "cpu") -> LoadedSAE:
     """The SAE's weights from its native folder."""
-    from trainer.formats import SAEFormatError, load_native
+    from trainer.formats.files import SAEFormatError
+    from trainer.formats.native import load_native
 
     try:
         return load_native(Path(sae.path), device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -16,12 +15,6 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True, soft_wrap=True)
 """Messages and errors go to stderr; results (JSON, tokens) to stdout."""
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def fail(message: str) -> typer.Exit:

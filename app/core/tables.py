@@ -10,7 +10,7 @@ index run, so re-indexing keeps them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -45,10 +45,18 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only makes INTEGER PRIMARY KEY an auto-incrementing rowid; Postgres gets a bigint.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-RATING_LABELS = ("yes", "maybe", "no")
-JOB_KINDS = ("train", "index")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-INDEX_STATUSES = ("building", "complete", "failed")
+# The store's enumerations, each defined once: the Literal types serve the API schemas and
+# type checks, the tuples the CHECK constraints below.
+RatingLabel = Literal["yes", "maybe", "no"]
+RATING_LABELS: tuple[str, ...] = get_args(RatingLabel)
+JobKind = Literal["train", "index"]
+JOB_KINDS: tuple[str, ...] = get_args(JobKind)
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
+"""A job in one of these may still change (a page showing it refreshes)."""
+IndexStatus = Literal["building", "complete", "failed"]
+INDEX_STATUSES: tuple[str, ...] = get_args(IndexStatus)
 NOTE_MAX_CHARS = 2000
 SNIPPET_SEPARATOR = " \u2026 "
 """Joins the top examples' snippets in `features.search_text`; the first snippet is the top example's."""
@@ -95,11 +103,11 @@ class Model(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    saes: Mapped[list[SAE]] = relationship(back_populates="model")
+    saes: Mapped[list[SAERow]] = relationship(back_populates="model")
 
 
-class SAE(Base):
-    """One dictionary, named by a URL-safe slug."""
+class SAERow(Base):
+    """One registered SAE (its row; the torch module is trainer.saes.base.SAE), named by a URL-safe slug."""
 
     __tablename__ = "saes"
 
@@ -302,4 +310,4 @@ class SweepPointRow(Base):
     train_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
     sweep: Mapped[Sweep] = relationship(back_populates="points")
-    sae: Mapped[SAE | None] = relationship()
+    sae: Mapped[SAERow | None] = relationship()

@@ -5,16 +5,21 @@
                       503 {"detail": msg} when the SAE or its model cannot be loaded
     GET  /healthz     -> {"status": "ok"}
 
-`app.encoding.encoder.RemoteEncoder` is the client. The request names an SAE folder and a model by path
+`app.encoding.remote.RemoteEncoder` is the client. The request names an SAE folder and a model by path
 and the worker loads them: serve it on localhost or a private network only, never publicly.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.encoding.encoder import EncodeError, EncoderUnavailable, LocalEncoder, SAETarget, TextEncoding
+from app.encoding.types import EncodeError, EncoderUnavailable, SAETarget, TextEncoding
+
+if TYPE_CHECKING:
+    from app.encoding.local import LocalEncoder
 
 
 class EncodeRequest(BaseModel):
@@ -45,7 +50,7 @@ class EncodeRequest(BaseModel):
 
 
 class TextEncodingOut(BaseModel):
-    """One text's encoding (app.encoding.encoder.TextEncoding)."""
+    """One text's encoding (app.encoding.types.TextEncoding)."""
 
     tokens: list[str]
     token_ids: list[int]

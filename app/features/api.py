@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
@@ -22,7 +22,7 @@ def list_features(
     sae: str,
     session: SessionDep,
     sort: Annotated[queries.SortKey, Query(description="rating: mean label (yes 2, maybe 1, no 0)")] = "index",
-    order: Literal["asc", "desc"] = "asc",
+    order: queries.SortOrder = "asc",
     min_frequency: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_frequency: Annotated[float | None, Query(ge=0, le=1)] = None,
     q: Annotated[

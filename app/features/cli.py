@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from app.core.commands import Device, console, fail, open_store
+from app.core.commands import console, fail, open_store
+from trainer.device import Device
 
 
 def index(
@@ -27,7 +28,7 @@ def index(
     band_size: Annotated[int, typer.Option(help="Examples sampled uniformly per band.")] = 5,
     bins: Annotated[int, typer.Option(help="Activation histogram bins (even).")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the band sampling.")] = 0,
-    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
 ) -> None:
     """Stream text through an SAE's model and the SAE once, and store every feature's statistics and examples.
 
@@ -50,7 +51,7 @@ def index(
     engine = open_store()
     opts = IndexOptions(
         tokens=tokens, dataset=dataset, text_column=text_column, split=split, context_size=context_size,
-        batch_sequences=model_batch, device=device.value, progress=True,
+        batch_sequences=model_batch, device=device, progress=True,
         stats=StatsConfig(top_k=top_k, window=window, n_bands=bands, band_size=band_size, n_bins=bins, seed=seed),
     )  # fmt: skip
 

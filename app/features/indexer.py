@@ -18,12 +18,12 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, update
 
 from app.catalog.saes import RegistryError, get_sae, load_registered
 from app.catalog.vocab import pack, token_strings
 from app.core.database import session_scope
-from app.core.tables import SAE, SNIPPET_SEPARATOR, Example, Feature, IndexRun, Model, utcnow
+from app.core.tables import SNIPPET_SEPARATOR, Example, Feature, IndexRun, Model, SAERow, utcnow
 from trainer.analysis.feature_stats import StatsConfig
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ def index_sae(
     """
     from trainer.analysis.index_pass import IndexPassConfig, run_index_pass
     from trainer.data.text import default_context_size
+    from trainer.device import resolve_device
     from trainer.lm.models import load_model
-    from trainer.training.distributed import resolve_device
 
     with session_scope(engine) as session:
         sae = get_sae(session, name)
@@ -151,14 +151,18 @@ def index_sae(
             if model.vocab is None or model.vocab_size != len(vocab):
                 model.vocab, model.vocab_size = pack(vocab), len(vocab)
                 model.n_layers, model.d_model = lm.n_layers, lm.d_model
-        n_examples = write_rows(engine, run_id, result, vocab, opts.write_batch, fail_after_write_batches)
+        n_examples = write_rows(
+            engine, run_id, result, vocab=vocab, batch=opts.write_batch, fail_after=fail_after_write_batches
+        )
         tokens = result.stats.tokens_seen
         with session_scope(engine) as session:  # the switch: one transaction
             session.execute(
                 update(IndexRun).where(IndexRun.id == run_id).values(status="complete", tokens=tokens,
                                                                       finished_at=utcnow())
             )  # fmt: skip
-            session.execute(update(SAE).where(SAE.id == sae_id).values(index_run_id=run_id, indexed_tokens=tokens))
+            session.execute(
+                update(SAERow).where(SAERow.id == sae_id).values(index_run_id=run_id, indexed_tokens=tokens)
+            )
         with session_scope(engine) as session:  # the old index is unreachable now; free its rows
             session.execute(_dead_or_replaced(sae_id, run_id))
         seconds_write = time.perf_counter() - start
@@ -171,7 +175,7 @@ def index_sae(
 
 
 def write_rows(
-    engine: Engine, run_id: int, result: Any, vocab: list[str], batch: int, fail_after: int | None = None
+    engine: Engine, run_id: int, result: Any, *, vocab: list[str], batch: int, fail_after: int | None = None
 ) -> int:
     """Insert the features and examples of `result` under run_id, `batch` features per transaction."""
     n_examples = 0
@@ -200,7 +204,7 @@ def _stream(lm: Any, sae: Any, layer: int, site: str, pass_cfg: Any, opts: Index
             on_progress(seen, opts.tokens)
 
     try:
-        return run_index_pass(lm, sae, layer, site, pass_cfg, on_batch=on_batch)
+        return run_index_pass(lm, sae, layer=layer, site=site, cfg=pass_cfg, on_batch=on_batch)
     finally:
         bar.close()
 
@@ -302,8 +306,3 @@ def feature_rows(
                 )
             )
         yield features, examples
-
-
-def current_run_id(engine: Engine, name: str) -> int | None:
-    with session_scope(engine) as session:
-        return session.scalar(select(SAE.index_run_id).where(SAE.name == name))

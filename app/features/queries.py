@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.catalog.queries import check_index
 from app.catalog.saes import NotFound, get_sae
 from app.catalog.vocab import decode
-from app.core.tables import SNIPPET_SEPARATOR, Example, Feature, IndexRun, Rating
+from app.core.tables import SNIPPET_SEPARATOR, Example, Feature, IndexRun, Rating, RatingLabel
 from app.features.schemas import (
     BandOut,
     ExampleOut,
@@ -30,9 +30,10 @@ from app.ratings.queries import rating_columns, rating_summary
 from app.ratings.schemas import RatingSummary
 
 SortKey = Literal["index", "frequency", "max_activation", "rating"]
-
-
-LabelFilter = Literal["yes", "maybe", "no", "unrated"]
+"""What the feature list sorts by (rating: the mean label, yes 2, maybe 1, no 0)."""
+SortOrder = Literal["asc", "desc"]
+LabelFilter = Literal[RatingLabel, "unrated"]
+"""Features with at least one rating of this label, or with none."""
 
 
 def _like(text: str) -> str:
@@ -45,7 +46,7 @@ def list_features(
     name: str,
     *,
     sort: SortKey = "index",
-    order: Literal["asc", "desc"] = "asc",
+    order: SortOrder = "asc",
     min_frequency: float | None = None,
     max_frequency: float | None = None,
     q: str | None = None,

@@ -12,7 +12,7 @@ from app.auth.deps import AdminDep
 from app.catalog.saes import NotFound, get_sae
 from app.core.deps import SessionDep
 from app.core.errors import INVALID, NOT_FOUND, UNAUTHORIZED, ErrorOut
-from app.core.tables import SAE, Job
+from app.core.tables import Job, SAERow
 from app.jobs.schemas import IndexJobParams, JobCreated, JobIn, JobOut
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=INVALID)
@@ -31,7 +31,7 @@ def create_job(body: JobIn, session: SessionDep, caller: AdminDep) -> JobCreated
     params = body.params
     if isinstance(params, IndexJobParams):
         get_sae(session, params.sae)  # 404 for an unknown SAE
-    elif session.scalar(select(SAE.id).where(SAE.name == params.name)) is not None:
+    elif session.scalar(select(SAERow.id).where(SAERow.name == params.name)) is not None:
         detail = f"an SAE named {params.name!r} is already registered: choose another name"
         return JSONResponse({"detail": detail}, status_code=409)
     job = Job(kind=body.kind, params=params.model_dump(), status="queued", metrics=[], result={})

@@ -36,7 +36,7 @@ def worker(
     if serve_encoder:
         import uvicorn
 
-        from app.encoding.encoder import LocalEncoder
+        from app.encoding.local import LocalEncoder
         from app.encoding.worker_api import create_worker_app
 
         encoder = LocalEncoder(max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,

@@ -1,4 +1,4 @@
-"""What a worker does for each kind of job: train (then register, evaluate, index) or index.
+"""What a worker does for each kind of job: train (then evaluate, register, maybe index) or index.
 
 A job's files live in `runs_dir/job-ID`; a training job started again after its worker died
 resumes from the checkpoint there.
@@ -11,11 +11,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from app.core.database import session_scope
 from app.core.settings import Settings
 from app.jobs.schemas import IndexJobParams, TrainJobParams
 
@@ -55,80 +54,80 @@ def _read_metrics(path: Path, every: int = 1) -> list[dict[str, Any]]:
     return rows[::every] if every > 1 else rows
 
 
-def run_train(engine: Engine, job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter) -> dict[str, Any]:
-    """Train (resuming from a checkpoint if one exists), register under params.name, evaluate, maybe index."""
-    from app.catalog.saes import RegistryError, import_sae
-    from app.features.indexer import IndexOptions, index_sae
-    from app.pipeline.stages import evaluate_sae_dir, lm_metadata, lm_source
-    from trainer.data.activations import ShardSource
-    from trainer.formats import SAEMetadata
-    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
-    from trainer.training.trainer import CHECKPOINT, METRICS, Trainer, TrainingInterrupted
+def run_train(
+    *, engine: Engine, job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter
+) -> dict[str, Any]:
+    """Train (resuming from a checkpoint if one exists), evaluate, register under params.name, maybe index.
+
+    The pipeline (app.pipeline.run) does the work; its hooks move the progress from 0 to 0.9
+    while training (to 1 without indexing), publish the tail of metrics.jsonl, and stop training
+    (checkpoint written, JobStopped) when the job is no longer this worker's.
+    """
+    from app.pipeline.run import SHUFFLE_BUFFER, PipelineHooks, PipelineResult, Stage, TrainingPlan, run_pipeline
+    from app.pipeline.stages import lm_metadata, lm_source, metadata_from_shards
+    from trainer.data.activations import ActivationSource, ShardSource
+    from trainer.formats.native import SAEMetadata
+    from trainer.saes import registry as architectures
+    from trainer.saes.config import SAEConfig
+    from trainer.training.config import TrainConfig
+    from trainer.training.trainer import METRICS, TrainingInterrupted
 
     params = TrainJobParams.model_validate(raw)
     out = settings.runs_dir / f"job-{job_id}"
     out.mkdir(parents=True, exist_ok=True)
     report.update(0.0, "loading")
+    source: ActivationSource
+    meta: SAEMetadata
     if params.activations:
         shards = ShardSource(Path(params.activations), loop=True)
-        source: Any = shards
-        meta = SAEMetadata(model=shards.meta.get("model"), layer=shards.meta.get("layer"),
-                           site=shards.meta.get("site"), dataset=shards.description,
-                           context_size=shards.meta.get("context_size"))  # fmt: skip
+        source, meta = shards, metadata_from_shards(shards)
     else:
-        lm = lm_source(params.model, params.layer, params.site, params.dataset, "text", "train", params.context_size,
-                       8, settings.device)  # fmt: skip
-        lm.cfg.loop = True
+        lm = lm_source(model=params.model, layer=params.layer, site=params.site, dataset=params.dataset,
+                       context_size=params.context_size, device=settings.device, loop=True)  # fmt: skip
         source, meta = lm, lm_metadata(lm)
-    coeff = params.l0_coeff if params.architecture == "jumprelu" else params.l1_coeff
+    coeff = params.l0_coeff if architectures.get(params.architecture).penalty == "l0" else params.l1_coeff
     sae_cfg = SAEConfig(d_in=source.d_in, d_sae=params.width, architecture=params.architecture, k=params.k)
-    shuffle = 0 if params.activations else 262_144
+    shuffle = 0 if params.activations else SHUFFLE_BUFFER
     train_cfg = TrainConfig(tokens=params.tokens, batch_size=params.batch_size, sparsity_coeff=coeff,
                             recipe=params.recipe, seed=params.seed, device=settings.device,  # type: ignore[arg-type]
                             shuffle_buffer=shuffle, checkpoint_every=params.checkpoint_every, log_every=10)  # fmt: skip
-    resolve_recipe(sae_cfg, train_cfg, set())
     total_steps = max(1, params.tokens // params.batch_size)
     metrics_path = out / METRICS
 
-    def on_step(step: int, _sae: Any) -> None:
+    def on_step(step: int) -> None:
         report.progress = 0.9 * step / total_steps if params.index_tokens else step / total_steps
         report.message = f"training step {step}/{total_steps}"
         if step % 10 == 0:
             report.metrics = _read_metrics(metrics_path, every=max(1, total_steps // 10 // 500))
 
-    trainer = Trainer(sae_cfg, train_cfg, source, out, meta, progress=False, on_step=on_step)
-    report.on_stop.append(trainer.request_stop)
-    resumed = (out / CHECKPOINT).exists()
+    def on_stage(stage: Stage, *, skip: bool, run: PipelineResult) -> None:
+        if stage is Stage.EVALUATE:  # training is done (a job trained on a cache skips the evaluation)
+            report.metrics = _read_metrics(metrics_path)
+            report.update(0.9 if params.index_tokens else 0.95, "evaluating")
+        elif stage is Stage.INDEX and not skip:
+            report.update(0.9, "indexing")
+
+    def on_index_progress(done: int, total: int) -> None:
+        report.update(0.9 + 0.1 * min(done, total) / total)
+
+    plan = TrainingPlan(source=source, sae=sae_cfg, train=train_cfg, meta=meta, out_dir=out)
+    hooks = PipelineHooks(on_stage=on_stage, on_step=on_step, stoppable=report.on_stop.append,
+                          on_index_progress=on_index_progress)  # fmt: skip
     try:
-        trainer.fit(resume=resumed)
+        run = run_pipeline(plan=plan, engine=engine, data_dir=settings.data_dir, name=params.name,
+                           evaluate=not params.activations, index_tokens=params.index_tokens, hooks=hooks)  # fmt: skip
     except TrainingInterrupted:
         raise JobStopped from None
-    report.metrics = _read_metrics(metrics_path)
-    report.update(0.9 if params.index_tokens else 0.95, "evaluating")
-    metrics: dict[str, Any] = {}
-    if not params.activations:
-        metrics = evaluate_sae_dir(out, tokens=50_000, lm_tokens=4_000, device=settings.device)
-    with session_scope(engine) as session:
-        try:
-            import_sae(session, out, data_dir=settings.data_dir, name=params.name, metrics=metrics)
-        except RegistryError as err:
-            raise RegistryError(f"trained, but could not register: {err}") from None
-    result: dict[str, Any] = {"sae": params.name, "resumed": resumed, "metrics": metrics, "out": str(out)}
-    if params.index_tokens:
-        report.update(0.9, "indexing")
-
-        def progress(done: int, total: int) -> None:
-            report.update(0.9 + 0.1 * min(done, total) / total)
-
-        summary = index_sae(engine, params.name, IndexOptions(tokens=params.index_tokens, device=settings.device,
-                                                              progress=False), on_progress=progress)  # fmt: skip
-        result["indexed_tokens"] = summary.tokens
+    result: dict[str, Any] = {"sae": params.name, "resumed": run.resumed, "metrics": run.metrics, "out": str(out)}
+    if run.indexed_tokens is not None:
+        result["indexed_tokens"] = run.indexed_tokens
     return result
 
 
 def run_index(
-    engine: Engine, _job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter
+    *, engine: Engine, job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter
 ) -> dict[str, Any]:
+    """Index a registered SAE (its progress is the share of tokens streamed); Ctrl-C or a stop is JobStopped."""
     from app.features.indexer import IndexOptions, index_sae
     from trainer.analysis.feature_stats import StatsConfig
 
@@ -148,7 +147,15 @@ def run_index(
     return {"sae": params.sae, "tokens": summary.tokens, "examples": summary.examples, "dead": summary.dead}
 
 
-RUNNERS: dict[str, Callable[[Engine, int, dict[str, Any], Settings, Reporter], dict[str, Any]]] = {
+class Runner(Protocol):
+    """Runs one job of a kind: its raw params in, its result document out (JobStopped when stopped)."""
+
+    def __call__(
+        self, *, engine: Engine, job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter
+    ) -> dict[str, Any]: ...
+
+
+RUNNERS: dict[str, Runner] = {
     "train": run_train,
     "index": run_index,
 }

@@ -5,9 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.core.schemas import NO_NUL, StrictBody, no_nul
+from app.core.tables import JobStatus
+from trainer.lm.site_names import Site
+from trainer.saes import registry
+from trainer.training.config import Recipe
+
+
+def _registered_architecture(name: str) -> str:
+    """An architecture of trainer.saes.registry; otherwise a 422 naming the registered ones."""
+    return registry.get(name).name
+
+
+Architecture = Annotated[str, AfterValidator(_registered_architecture)]
 
 
 class JobCreated(BaseModel):
@@ -19,7 +31,7 @@ class JobOut(BaseModel):
     id: int
     kind: str
     params: dict[str, Any]
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     progress: float
     message: str
     metrics: list[dict[str, Any]]
@@ -41,19 +53,19 @@ class TrainJobParams(StrictBody):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$", description="Name to register the SAE under.")
     model: str = Field("gemma3-270m", min_length=1, max_length=500, pattern=NO_NUL)
     layer: int | None = Field(None, ge=0, le=1000)
-    site: Literal["resid", "mlp", "attn"] = "resid"
+    site: Site = "resid"
     dataset: str | None = Field(None, min_length=1, max_length=1000, pattern=NO_NUL)
     activations: str | None = Field(
         None, min_length=1, max_length=1000, pattern=NO_NUL, description="Cached shards instead."
     )
-    architecture: Literal["jumprelu", "relu", "topk", "gated"] = "jumprelu"
+    architecture: Architecture = Field("jumprelu", json_schema_extra={"enum": list(registry.names())})
     width: int = Field(4096, ge=16, le=1 << 20)
     l0_coeff: float | None = Field(None, gt=0, le=100)
     l1_coeff: float | None = Field(None, gt=0, le=100)
     k: int = Field(32, ge=1, le=4096)
     tokens: int = Field(1_000_000, ge=4096, le=100_000_000_000)
     batch_size: int = Field(4096, ge=16, le=1 << 20)
-    recipe: Literal["paper", "short"] = "short"
+    recipe: Recipe = "short"
     context_size: int | None = Field(None, ge=8, le=8192)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     index_tokens: int = Field(0, ge=0, le=1_000_000_000, description="Index this many tokens afterwards (0 = no).")

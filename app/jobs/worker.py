@@ -77,7 +77,8 @@ class Worker:
         beat.start()
         log.info("job %s (%s) started on %s", job.id, job.kind, self.name)
         try:
-            result = RUNNERS[job.kind](self.engine, job.id, dict(job.params), self.settings, report)
+            result = RUNNERS[job.kind](engine=self.engine, job_id=job.id, raw=dict(job.params), settings=self.settings,
+                                       report=report)  # fmt: skip
         except JobStopped:
             log.warning("job %s stopped; it stays claimed until it is requeued", job.id)
             if self.shutdown.is_set():

@@ -5,16 +5,28 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from app.core.commands import Device, console, fail, open_store, print_metrics
+from app.core.commands import console, fail, open_store, print_metrics
 from app.core.settings import Settings
-from app.pipeline.stages import evaluate_sae_dir, lm_metadata, lm_source, write_activation_cache
+from app.pipeline.run import (
+    SHUFFLE_BUFFER,
+    PipelineHooks,
+    PipelineResult,
+    Stage,
+    TrainingPlan,
+    run_pipeline,
+    train_step,
+)
+from app.pipeline.stages import evaluate_sae_dir, lm_metadata, lm_source, metadata_from_shards, write_activation_cache
+from trainer.device import Device
+from trainer.saes import registry
+from trainer.saes.config import BDecInit, ThresholdParam
+from trainer.training.config import Recipe
 
 if TYPE_CHECKING:
     from trainer.data.activations import ActivationSource
@@ -24,26 +36,21 @@ if TYPE_CHECKING:
 DEMO_L0_COEFF = 2e-4
 
 
-class Arch(StrEnum):
-    jumprelu = "jumprelu"
-    relu = "relu"
-    topk = "topk"
-    gated = "gated"
+def _architecture(value: str) -> str:
+    """--arch: any architecture registered in trainer.saes.registry (checked when parsed)."""
+    try:
+        return registry.get(value).name
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
-class ThresholdParam(StrEnum):
-    log = "log"
-    raw = "raw"
+def _either(names: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
-class Recipe(StrEnum):
-    paper = "paper"
-    short = "short"
-
-
-class BDecInit(StrEnum):
-    zeros = "zeros"
-    mean = "mean"
+def _with_penalty(penalty: str) -> list[str]:
+    return [spec.name for spec in registry.specs() if spec.penalty == penalty]
 
 
 def _synthetic_source(d_in: int, features: int, l0: float, seed: int) -> ActivationSource:
@@ -74,7 +81,14 @@ def train(
     synthetic_d_in: Annotated[int, typer.Option(help="Synthetic data: width d_in.")] = 64,
     synthetic_features: Annotated[int, typer.Option(help="Synthetic data: true dictionary size.")] = 256,
     synthetic_l0: Annotated[float, typer.Option(help="Synthetic data: true features active per token.")] = 4.0,
-    arch: Annotated[Arch, typer.Option(help="SAE architecture.")] = Arch.jumprelu,
+    arch: Annotated[
+        str,
+        typer.Option(
+            parser=_architecture,
+            metavar="[" + "|".join(registry.names()) + "]",
+            help="SAE architecture: " + "; ".join(f"{s.name} = {s.summary}" for s in registry.specs()) + ".",
+        ),
+    ] = "jumprelu",
     width: Annotated[int, typer.Option(help="Number of latents d_sae.")] = 16_384,
     l0_coeff: Annotated[float | None, typer.Option(help="JumpReLU lambda (L0 penalty, normalised units).")] = None,
     l1_coeff: Annotated[float | None, typer.Option(help="ReLU / Gated lambda (decoder-norm-weighted L1).")] = None,
@@ -86,7 +100,7 @@ def train(
     recipe: Annotated[
         Recipe,
         typer.Option(help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run."),
-    ] = Recipe.paper,
+    ] = "paper",
     bandwidth: Annotated[float, typer.Option(help="JumpReLU STE bandwidth epsilon.")] = 0.001,
     tokens: Annotated[int, typer.Option(help="Training tokens.")] = 4_000_000_000,
     batch_size: Annotated[int, typer.Option(help="Tokens per step (global across processes).")] = 4096,
@@ -100,7 +114,7 @@ def train(
         BDecInit | None, typer.Option(help="Start b_dec at zeros (paper) or the data mean (default: from --recipe).")
     ] = None,
     shuffle_buffer: Annotated[
-        int, typer.Option(help="Tokens in the shuffle buffer (0 = none; --model uses 262,144 unless set).")
+        int, typer.Option(help=f"Tokens in the shuffle buffer (0 = none; --model uses {SHUFFLE_BUFFER:,} unless set).")
     ] = 0,
     no_normalize: Annotated[
         bool, typer.Option("--no-normalize", help="Do not scale inputs to unit mean squared norm.")
@@ -108,7 +122,7 @@ def train(
     no_pre_enc_bias: Annotated[
         bool, typer.Option("--no-pre-enc-bias", help="Do not subtract b_dec before encoding.")
     ] = False,
-    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="GPU: bf16 autocast for matmuls (weights stay fp32).")] = False,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 1000,
     log_every: Annotated[int, typer.Option(help="metrics.jsonl line every N steps.")] = 10,
@@ -118,56 +132,50 @@ def train(
 ) -> None:
     """Train one SAE (launch with `torchrun --nproc-per-node N -m app train ...` for DDP)."""
     from trainer.data.activations import ActivationError, ShardSource
-    from trainer.formats import SAEMetadata
-    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
-    from trainer.training.trainer import Trainer, TrainingInterrupted
+    from trainer.formats.native import SAEMetadata
+    from trainer.saes.config import SAEConfig
+    from trainer.training.config import TrainConfig
+    from trainer.training.trainer import TrainingInterrupted
 
     if sum([activations is not None, synthetic, model is not None]) != 1:
         raise fail("give exactly one activation source: --activations DIR, --model NAME or --synthetic")
-    if arch is Arch.jumprelu and l1_coeff is not None:
-        raise fail("--l1-coeff is for --arch relu or gated; JumpReLU takes --l0-coeff")
-    if arch in (Arch.relu, Arch.gated) and l0_coeff is not None:
-        raise fail(f"--l0-coeff is for --arch jumprelu; {arch.value} takes --l1-coeff")
+    penalty = registry.get(arch).penalty  # which coefficient flag applies: l0, l1 or none
+    if penalty == "l0" and l1_coeff is not None:
+        raise fail(f"--l1-coeff is for --arch {_either(_with_penalty('l1'))}; {arch} takes --l0-coeff")
+    if penalty == "l1" and l0_coeff is not None:
+        raise fail(f"--l0-coeff is for --arch {_either(_with_penalty('l0'))}; {arch} takes --l1-coeff")
     try:
         meta = SAEMetadata()
         source: ActivationSource
         if activations is not None:
             shards = ShardSource(activations, loop=True)
-            source = shards
-            meta = SAEMetadata(
-                model=shards.meta.get("model"),
-                layer=shards.meta.get("layer"),
-                site=shards.meta.get("site"),
-                dataset=shards.description,
-                context_size=shards.meta.get("context_size"),
-                prepend_bos=bool(shards.meta.get("prepend_bos", True)),
-            )
+            source, meta = shards, metadata_from_shards(shards)
         elif model is not None:
-            lm = lm_source(model, layer, site, dataset, text_column, "train", context_size, model_batch, device.value)
+            lm = lm_source(model=model, layer=layer, site=site, dataset=dataset, text_column=text_column,
+                           context_size=context_size, model_batch=model_batch, device=device,
+                           loop=True)  # fmt: skip
             source, meta = lm, lm_metadata(lm)
-            lm.cfg.loop = True
-            if shuffle_buffer == 0:  # consecutive tokens of one document are strongly correlated
-                shuffle_buffer = 262_144
+            shuffle_buffer = shuffle_buffer or SHUFFLE_BUFFER
         else:
             source = _synthetic_source(synthetic_d_in, synthetic_features, synthetic_l0, seed)
             meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(source.spec)})  # type: ignore[attr-defined]
         explicit: set[str] = set()
         sae_kwargs: dict[str, Any] = {}
         if threshold_param is not None:
-            sae_kwargs["threshold_param"] = threshold_param.value
+            sae_kwargs["threshold_param"] = threshold_param
             explicit.add("threshold_param")
         sae_cfg = SAEConfig(
             d_in=source.d_in,
             d_sae=width,
-            architecture=arch.value,
-            k=k,  # type: ignore[arg-type]
+            architecture=arch,
+            k=k,
             bandwidth=bandwidth,
             use_pre_enc_bias=not no_pre_enc_bias,
             **sae_kwargs,
         )
         train_kwargs: dict[str, Any] = {}
         if b_dec_init is not None:
-            train_kwargs["b_dec_init"] = b_dec_init.value
+            train_kwargs["b_dec_init"] = b_dec_init
             explicit.add("b_dec_init")
         for name, value in (
             ("lr", lr),
@@ -177,7 +185,7 @@ def train(
             if value is not None:
                 train_kwargs[name] = value
                 explicit.add(name)
-        coeff = l0_coeff if arch is Arch.jumprelu else l1_coeff
+        coeff = l0_coeff if penalty == "l0" else l1_coeff
         train_cfg = TrainConfig(
             tokens=tokens,
             batch_size=batch_size,
@@ -185,22 +193,22 @@ def train(
             grad_clip=grad_clip,
             shuffle_buffer=shuffle_buffer,
             normalize=not no_normalize,
-            device=device.value,  # type: ignore[arg-type]
+            device=device,
             autocast_bf16=bf16,
             checkpoint_every=checkpoint_every,
             log_every=log_every,
             seed=seed,
-            recipe=recipe.value,
-            **train_kwargs,  # type: ignore[arg-type]
+            recipe=recipe,
+            **train_kwargs,
         )
-        resolve_recipe(sae_cfg, train_cfg, explicit)
-        result = Trainer(sae_cfg, train_cfg, source, out, meta, progress=progress).fit(resume=resume)
+        plan = TrainingPlan(source=source, sae=sae_cfg, train=train_cfg, meta=meta, out_dir=out, explicit=explicit)
+        result = train_step(plan=plan, resume=resume, progress=progress)
     except TrainingInterrupted:
         console.print(f"interrupted: checkpoint written; continue with --resume --out {out}")
         raise typer.Exit(code=130) from None
     except (ValueError, FileNotFoundError, ActivationError, OSError) as err:
         raise fail(str(err)) from None
-    console.print(f"saved {result.sae.cfg.architecture} SAE ({result.steps} steps) to {result.out_dir}")
+    console.print(f"saved {sae_cfg.architecture} SAE ({result.steps} steps) to {out}")
 
 
 def eval_(
@@ -216,17 +224,17 @@ def eval_(
     tokens: Annotated[int, typer.Option(help="Tokens for l0, fvu and the firing statistics.")] = 200_000,
     lm_tokens: Annotated[int, typer.Option(help="Predictions for delta LM loss (0 = skip it).")] = 20_000,
     batch_size: Annotated[int, typer.Option(help="Tokens per SAE batch.")] = 4096,
-    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Print an SAE's metrics: l0, fvu, mse, dead and dense fractions, delta_lm_loss, tokens."""
     from trainer.data.activations import ActivationError
-    from trainer.formats import SAEFormatError
+    from trainer.formats.files import SAEFormatError
 
     try:
         metrics = evaluate_sae_dir(
             sae_dir, activations=activations, model=model, dataset=dataset, split=split, tokens=tokens,
-            lm_tokens=lm_tokens, batch_size=batch_size, device=device.value, progress=sys.stderr.isatty(),
+            lm_tokens=lm_tokens, batch_size=batch_size, device=device, progress=sys.stderr.isatty(),
         )  # fmt: skip
     except (ValueError, ActivationError, SAEFormatError, OSError) as err:
         raise fail(str(err)) from None
@@ -251,7 +259,7 @@ def cache(
     model_batch: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
     shard_tokens: Annotated[int, typer.Option(help="Activations per shard file.")] = 262_144,
     bf16: Annotated[bool, typer.Option(help="Store bfloat16 instead of float32.")] = False,
-    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
 ) -> None:
     """Run a model over a dataset once and write activation shards for many SAEs to train on."""
     from trainer.data.activations import ActivationError
@@ -259,7 +267,9 @@ def cache(
     if out.exists():
         raise fail(f"{out} already exists; remove it or choose another --out")
     try:
-        lm = lm_source(model, layer, site, dataset, text_column, split, context_size, model_batch, device.value, tokens)
+        lm = lm_source(model=model, layer=layer, site=site, dataset=dataset, text_column=text_column, split=split,
+                       context_size=context_size, model_batch=model_batch, device=device,
+                       max_tokens=tokens)  # fmt: skip
         n = write_activation_cache(lm, out, shard_tokens=shard_tokens, bf16=bf16)
     except (ValueError, ActivationError, OSError) as err:
         raise fail(str(err)) from None
@@ -285,7 +295,7 @@ def demo(
     tiny: Annotated[
         bool, typer.Option(help="A 30-second smoke run on the tiny random Gemma 2 (OUT defaults to runs/demo-tiny).")
     ] = False,
-    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = Device.auto,
+    device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
     index_tokens: Annotated[int, typer.Option(help="Tokens the indexer streams for the feature pages.")] = 200_000,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the browser at the end.")] = True,
     host: Annotated[str, typer.Option(help="Interface to serve on.")] = "127.0.0.1",
@@ -301,10 +311,10 @@ def demo(
     database (DATABASE_URL, default ./jumpscope.db) and indexed; the browser is served on
     http://HOST:PORT.
     """
-    from trainer.data.activations import ActivationError, ShardSource
-    from trainer.formats import NATIVE_WEIGHTS, SAEFormatError, SAEMetadata
-    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
-    from trainer.training.trainer import CHECKPOINT, Trainer, TrainingInterrupted
+    from trainer.data.activations import ShardSource
+    from trainer.saes.config import SAEConfig
+    from trainer.training.config import TrainConfig
+    from trainer.training.trainer import TrainingInterrupted
 
     if synthetic:
         _synthetic_demo(out)
@@ -316,81 +326,58 @@ def demo(
         out = Path("runs/demo-tiny") if out == Path("runs/demo") else out
         cache_tokens, width, epochs = min(cache_tokens, 20_000), min(width, 256), max(epochs, 10.0)
         index_tokens = min(index_tokens, 5_000)
-    trained = False
+    settings = Settings()
+    engine = open_store(settings)
     acts, sae_dir = out / "activations", out / "sae"
-    eval_path = sae_dir / "eval.json"
+    tokens = 0
+    current = Stage.TRAIN
+
+    def on_stage(stage: Stage, *, skip: bool, run: PipelineResult) -> None:
+        nonlocal current
+        current = stage
+        if stage is Stage.TRAIN and not skip:
+            console.print(f"stage 2/5: training a {width}-wide JumpReLU SAE on {tokens:,} tokens")
+        elif stage is Stage.EVALUATE and not skip:
+            console.print("stage 3/5: evaluating on held-out text")
+        elif stage is Stage.REGISTER:
+            print_metrics(run.metrics, f"demo SAE ({sae_dir}) on held-out text")
+            if skip:
+                console.print(f"stage 4/5: {run.name} is registered and indexed ({settings.database_url})")
+            else:
+                console.print(f"stage 4/5: registering {run.name} in {settings.database_url} "
+                              f"and indexing {index_tokens:,} tokens")  # fmt: skip
+
     try:
         if not (acts / "meta.json").exists():
-            lm = lm_source(model, layer, "resid", None, "text", "train", None, 32, device.value, cache_tokens)
+            lm = lm_source(model=model, layer=layer, model_batch=32, device=device, max_tokens=cache_tokens)
             console.print(
                 f"stage 1/5: harvesting {cache_tokens:,} activations of {lm.loaded.name} layer {lm.cfg.layer}"
             )
             write_activation_cache(lm, acts, bf16=True)
         shards = ShardSource(acts, loop=True)
-        if retrain or not (sae_dir / NATIVE_WEIGHTS).exists():
-            resume = (sae_dir / CHECKPOINT).exists() and not retrain
-            tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
-            console.print(f"stage 2/5: training a {width}-wide JumpReLU SAE on {tokens:,} tokens")
-            trained = True
-            sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=width)
-            train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff, shuffle_buffer=262_144,
-                                    checkpoint_every=50, log_every=10, device=device.value)  # type: ignore[arg-type]  # fmt: skip
-            resolve_recipe(sae_cfg, train_cfg, set())
-            meta = SAEMetadata(model=shards.meta.get("model"), layer=shards.meta.get("layer"), site="resid",
-                               dataset="packaged", context_size=shards.meta.get("context_size"))  # fmt: skip
-            Trainer(sae_cfg, train_cfg, shards, sae_dir, meta).fit(resume=resume)
-            eval_path.unlink(missing_ok=True)
-        if not eval_path.exists():
-            console.print("stage 3/5: evaluating on held-out text")
-            metrics = evaluate_sae_dir(sae_dir, tokens=50_000, lm_tokens=4_000, device=device.value,
-                                       progress=sys.stderr.isatty())  # fmt: skip
-            eval_path.write_text(json.dumps(metrics, indent=2) + "\n")
-        metrics = json.loads(eval_path.read_text())
+        tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
+        train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff, shuffle_buffer=SHUFFLE_BUFFER,
+                                checkpoint_every=50, log_every=10, device=device)  # fmt: skip
+        plan = TrainingPlan(source=shards, sae=SAEConfig(d_in=shards.d_in, d_sae=width), train=train_cfg,
+                            meta=metadata_from_shards(shards), out_dir=sae_dir)  # fmt: skip
+        result = run_pipeline(plan=plan, engine=engine, data_dir=settings.data_dir, replace=True, reuse=True,
+                              retrain=retrain, index_tokens=index_tokens, progress=True,
+                              hooks=PipelineHooks(on_stage=on_stage))  # fmt: skip
     except TrainingInterrupted:
         console.print("interrupted: run `jumpscope demo` again to continue from the checkpoint")
         raise typer.Exit(code=130) from None
-    except (ValueError, ActivationError, SAEFormatError, OSError) as err:
+    except KeyboardInterrupt:
+        if current not in (Stage.REGISTER, Stage.INDEX):
+            raise
+        console.print("interrupted: run `jumpscope demo` again to index")
+        raise typer.Exit(code=130) from None
+    except (ValueError, OSError) as err:  # ActivationError, SAEFormatError and RegistryError among them
         raise fail(str(err)) from None
-    print_metrics(metrics, f"demo SAE ({sae_dir}) on held-out text")
-    name = _demo_index(sae_dir, metrics, index_tokens, device.value, fresh=trained)
     if serve:
         import uvicorn
 
-        console.print(f"stage 5/5: serving on http://{host}:{port}/saes/{name} (Ctrl-C stops)")
+        console.print(f"stage 5/5: serving on http://{host}:{port}/saes/{result.name} (Ctrl-C stops)")
         uvicorn.run("app.server:create_app", factory=True, host=host, port=port, log_level="warning")
-
-
-def _demo_index(sae_dir: Path, metrics: dict[str, Any], tokens: int, device: str, *, fresh: bool) -> str:
-    """Register the demo SAE in the store and index it, unless an index of these weights exists."""
-    from sqlalchemy import select
-
-    from app.catalog.saes import RegistryError, default_name, import_sae
-    from app.core.database import session_scope
-    from app.core.tables import SAE
-    from app.features.indexer import IndexOptions, index_sae
-    from trainer.formats import load_native
-
-    settings = Settings()
-    engine = open_store(settings)
-    loaded = load_native(sae_dir)
-    name = default_name(loaded.meta, loaded.sae.cfg.architecture, loaded.sae.cfg.d_sae)
-    with session_scope(engine) as session:
-        row = session.scalar(select(SAE).where(SAE.name == name))
-        done = row is not None and row.index_run_id is not None and not fresh and row.indexed_tokens >= min(tokens, 1)
-    if done:
-        console.print(f"stage 4/5: {name} is registered and indexed ({settings.database_url})")
-        return name
-    console.print(f"stage 4/5: registering {name} in {settings.database_url} and indexing {tokens:,} tokens")
-    try:
-        with session_scope(engine) as session:
-            import_sae(session, sae_dir, data_dir=settings.data_dir, name=name, replace=True, metrics=metrics)
-        index_sae(engine, name, IndexOptions(tokens=tokens, device=device))
-    except KeyboardInterrupt:
-        console.print("interrupted: run `jumpscope demo` again to index")
-        raise typer.Exit(code=130) from None
-    except (RegistryError, ValueError, OSError) as err:
-        raise fail(str(err)) from None
-    return name
 
 
 def _synthetic_demo(out: Path) -> None:
@@ -399,20 +386,20 @@ def _synthetic_demo(out: Path) -> None:
 
     from trainer.data.activations import SyntheticSource, SyntheticSpec
     from trainer.evaluation.metrics import evaluate
-    from trainer.formats import NATIVE_WEIGHTS, SAEMetadata, load_native
-    from trainer.training.config import SAEConfig, TrainConfig, resolve_recipe
-    from trainer.training.trainer import Trainer
+    from trainer.formats.native import SAEMetadata, load_native
+    from trainer.saes.config import SAEConfig
+    from trainer.training.config import TrainConfig
 
     out = out / "synthetic"
     spec = SyntheticSpec()
     source = SyntheticSource(spec)
-    if not (out / NATIVE_WEIGHTS).exists():
-        sae_cfg = SAEConfig(d_in=spec.d_in, d_sae=512)
-        train_cfg = TrainConfig(tokens=8_192_000, batch_size=1024, recipe="short", sparsity_coeff=0.02,
-                                checkpoint_every=1000, log_every=50, norm_tokens=65_536)  # fmt: skip
-        resolve_recipe(sae_cfg, train_cfg, set())
-        meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(spec)})
-        Trainer(sae_cfg, train_cfg, source, out, meta).fit()
+    train_cfg = TrainConfig(tokens=8_192_000, batch_size=1024, recipe="short", sparsity_coeff=0.02,
+                            checkpoint_every=1000, log_every=50, norm_tokens=65_536)  # fmt: skip
+    meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(spec)})
+    plan = TrainingPlan(
+        source=source, sae=SAEConfig(d_in=spec.d_in, d_sae=512), train=train_cfg, meta=meta, out_dir=out
+    )
+    train_step(plan=plan, resume=False, reuse=True, progress=True)
     sae = load_native(out).sae
     print_metrics(asdict(evaluate(sae, source.held_out(), 262_144)), f"synthetic demo SAE ({out}), held-out tokens")
     cos = torch.nn.functional.normalize(sae.W_dec, dim=1) @ source.dictionary.T  # (d_sae, n_true)

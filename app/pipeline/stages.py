@@ -1,4 +1,6 @@
-"""The stages that commands and the demo share: model source, activation cache, evaluation.
+"""The building blocks of the pipeline (app.pipeline.run) and the commands: a model's live
+activation source, the metadata of an SAE trained on it or on an activation cache, writing
+that cache, and evaluating a native SAE folder.
 
 Plain functions that raise ValueError (or its subclasses) naming the problem; the CLI turns
 those into one-line errors. Heavy imports stay inside the functions so `jumpscope --help`
@@ -15,28 +17,35 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from trainer.data.activations import ActivationSource
-    from trainer.formats import SAEMetadata
+    from trainer.data.activations import ActivationSource, ShardSource
+    from trainer.formats.native import SAEMetadata
     from trainer.lm.source import LMActivationSource
 
 
 def lm_source(
+    *,
     model: str,
-    layer: int | None,
-    site: str,
-    dataset: str | None,
-    text_column: str,
-    split: str,
-    context_size: int | None,
-    model_batch: int,
-    device: str,
+    layer: int | None = None,
+    site: str = "resid",
+    dataset: str | None = None,
+    text_column: str = "text",
+    split: str = "train",
+    context_size: int | None = None,
+    model_batch: int = 8,
+    device: str = "auto",
     max_tokens: int | None = None,
+    loop: bool = False,
 ) -> LMActivationSource:
-    """Load a model and build its live activation source (errors are ValueErrors naming the problem)."""
+    """Load a model and build its live activation source (errors are ValueErrors naming the problem).
+
+    layer None is the middle decoder layer; context_size None is 128 on CPU, 1024 on GPU;
+    max_tokens stops after that many activations; loop starts the text over when it runs out
+    (for training).
+    """
     from trainer.data.text import default_context_size
+    from trainer.device import resolve_device
     from trainer.lm.models import load_model
     from trainer.lm.source import LMActivationSource, LMSourceConfig
-    from trainer.training.distributed import resolve_device
 
     torch_device = resolve_device(device)
     loaded = load_model(model, device=torch_device)
@@ -49,13 +58,14 @@ def lm_source(
         context_size=context_size or default_context_size(torch_device),
         batch_sequences=model_batch,
         max_tokens=max_tokens,
+        loop=loop,
     )
     return LMActivationSource(loaded, cfg)
 
 
 def lm_metadata(source: LMActivationSource) -> SAEMetadata:
     """cfg.json fields of an SAE trained on a live model source."""
-    from trainer.formats import SAEMetadata
+    from trainer.formats.native import SAEMetadata
 
     cfg = source.cfg
     return SAEMetadata(
@@ -66,6 +76,22 @@ def lm_metadata(source: LMActivationSource) -> SAEMetadata:
         context_size=cfg.context_size,
         prepend_bos=True,
         extra={"text_column": cfg.text_column},
+    )
+
+
+def metadata_from_shards(shards: ShardSource) -> SAEMetadata:
+    """cfg.json fields of an SAE trained on an activation cache: what the cache's meta.json says
+    (`write_activation_cache` writes model, layer, site, dataset, context_size and prepend_bos)."""
+    from trainer.formats.native import SAEMetadata
+
+    meta = shards.meta
+    return SAEMetadata(
+        model=meta.get("model"),
+        layer=meta.get("layer"),
+        site=meta.get("site"),
+        dataset=shards.description,
+        context_size=meta.get("context_size"),
+        prepend_bos=bool(meta.get("prepend_bos", True)),
     )
 
 
@@ -110,11 +136,11 @@ def evaluate_sae_dir(
 ) -> dict[str, Any]:
     """l0, fvu, mse, dead/dense fractions and (with a model) delta LM loss of a native SAE folder."""
     from trainer.data.activations import ShardSource, SyntheticSource, SyntheticSpec
+    from trainer.device import resolve_device
     from trainer.evaluation.delta_lm import delta_lm_loss
     from trainer.evaluation.metrics import evaluate
-    from trainer.formats import load_native
+    from trainer.formats.native import load_native
     from trainer.lm.source import lm_batches
-    from trainer.training.distributed import resolve_device
 
     loaded = load_native(sae_dir)
     meta = loaded.meta
@@ -127,7 +153,8 @@ def evaluate_sae_dir(
         data = dataset or (None if meta.dataset in (None, "packaged") else meta.dataset)
         text_column = str(meta.extra.get("text_column", "text"))
         context = meta.context_size
-        lm = lm_source(model_name, meta.layer, meta.site or "resid", data, text_column, split, context, 8, device)
+        lm = lm_source(model=model_name, layer=meta.layer, site=meta.site or "resid", dataset=data,
+                       text_column=text_column, split=split, context_size=context, device=device)  # fmt: skip
     if activations is not None:
         source = ShardSource(activations)
     elif lm is not None:
@@ -141,11 +168,19 @@ def evaluate_sae_dir(
             f"d_in mismatch: the activations are {source.d_in} wide, the SAE expects {loaded.sae.cfg.d_in}"
         )
     torch_device = resolve_device(device)
-    metrics: dict[str, Any] = asdict(evaluate(loaded.sae, source, tokens, batch_size, torch_device, progress))
+    metrics: dict[str, Any] = asdict(
+        evaluate(loaded.sae, source, tokens, batch_size=batch_size, device=torch_device, progress=progress)
+    )
     if lm is not None and lm_tokens > 0:
         sae = loaded.sae.to(torch_device)
         result = delta_lm_loss(
-            lm.loaded.model, sae, lm.cfg.layer, lm.cfg.site, lm_batches(lm), lm_tokens, progress=progress
+            lm.loaded.model,
+            sae,
+            layer=lm.cfg.layer,
+            site=lm.cfg.site,
+            batches=lm_batches(lm),
+            max_tokens=lm_tokens,
+            progress=progress,
         )
         metrics |= {"delta_lm_loss": result.delta_lm_loss, "clean_lm_loss": result.clean_loss,
                     "spliced_lm_loss": result.spliced_loss, "lm_tokens": result.tokens}  # fmt: skip

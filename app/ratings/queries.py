@@ -47,7 +47,7 @@ def rating_summary(session: Session, sae_id: int, index: int) -> RatingSummary:
 def rating_out(rating: Rating, sae_name: str) -> RatingOut:
     return RatingOut(
         id=rating.id, sae=sae_name, feature_index=rating.feature_index, rater=rating.rater,
-        label=rating.label,  # type: ignore[arg-type]
+        label=rating.label,
         note=rating.note, study_id=rating.study_id, blinded=rating.blinded, shown=rating.shown or {},
         presentation_order=rating.presentation_order, time_spent_ms=rating.time_spent_ms,
         created_at=rating.created_at, updated_at=rating.updated_at,

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.core.schemas import NO_NUL, StrictBody, without_nul
-from app.core.tables import NOTE_MAX_CHARS
-
-Label = Literal["yes", "maybe", "no"]
+from app.core.tables import NOTE_MAX_CHARS, RatingLabel
 
 
 class RatingSummary(BaseModel):
@@ -31,7 +29,7 @@ class RatingIn(StrictBody):
         pattern=NO_NUL,
         description="Who rates (ignored when tokens are configured).",
     )
-    label: Label
+    label: RatingLabel
     note: str = Field("", max_length=NOTE_MAX_CHARS, pattern=NO_NUL)
     study_id: str = Field("", max_length=100, pattern=NO_NUL, description="'' outside a study.")
     blinded: bool = False
@@ -54,7 +52,7 @@ class RatingOut(BaseModel):
     sae: str
     feature_index: int
     rater: str
-    label: Label
+    label: RatingLabel
     note: str
     study_id: str
     blinded: bool

@@ -14,14 +14,20 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from trainer.saes import registry
+
 STYLE: dict[str, tuple[str, str]] = {
     "jumprelu": ("#D55E00", "circle"),
     "relu": ("#0072B2", "square"),
     "topk": ("#009E73", "triangle"),
     "gated": ("#CC79A7", "diamond"),
 }
-"""Colour and marker of each architecture."""
+"""Colour and marker of each built-in architecture (kept fixed, so stored plots never change)."""
+EXTRA_COLOURS = ("#E69F00", "#56B4E9", "#000000", "#F0E442")
+"""The rest of Okabe-Ito, for architectures registered later (trainer.saes.registry)."""
+SHAPES = ("circle", "square", "triangle", "diamond")
 FALLBACK = ("#555555", "circle")
+"""An architecture that is not registered (any more)."""
 FONT = 'font-family="system-ui, sans-serif" font-size="11"'
 
 
@@ -62,6 +68,18 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return ticks
 
 
+def style(arch: str) -> tuple[str, str]:
+    """(colour, marker) of an architecture: STYLE's, else the next of EXTRA_COLOURS x SHAPES in
+    registration order, so every registered architecture plots distinguishably."""
+    if arch in STYLE:
+        return STYLE[arch]
+    others = [name for name in registry.names() if name not in STYLE]
+    if arch not in others:
+        return FALLBACK
+    i = others.index(arch)
+    return EXTRA_COLOURS[i % len(EXTRA_COLOURS)], SHAPES[i % len(SHAPES)]
+
+
 def _marker(shape: str, x: float, y: float, colour: str) -> str:
     r = 4.5
     fill = f'fill="{colour}" stroke="#ffffff" stroke-width="1"'
@@ -78,7 +96,7 @@ def _marker(shape: str, x: float, y: float, colour: str) -> str:
 
 
 def pareto_svg(
-    series: Mapping[str, Sequence[ChartPoint]], y_label: str, title: str, width: int = 560, height: int = 340
+    series: Mapping[str, Sequence[ChartPoint]], y_label: str, title: str, *, width: int = 560, height: int = 340
 ) -> Markup:
     """`y_label` against L0 (log x axis), a line and markers per architecture, a legend."""
     pts = [p for points in series.values() for p in points if p.l0 > 0 and math.isfinite(p.value)]
@@ -116,7 +134,7 @@ def pareto_svg(
     out.append(f'<text transform="translate(14 {top + plot_h / 2:.0f}) rotate(-90)" {FONT} text-anchor="middle" '
                f'fill="#222222">{escape(y_label)}</text>')  # fmt: skip
     for row, (arch, points) in enumerate(series.items()):
-        colour, shape = STYLE.get(arch, FALLBACK)
+        colour, shape = style(arch)
         line = sorted((p for p in points if p.l0 > 0 and math.isfinite(p.value)), key=lambda p: p.l0)
         if len(line) > 1:
             coords = " ".join(f"{_fmt(sx(p.l0))},{_fmt(sy(p.value))}" for p in line)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from app.core.commands import console
+from trainer.device import Device
 
 QUICK = {"width": 2048, "train_tokens": 300_000, "batch_size": 1024, "eval_tokens": 30_000, "lm_tokens": 2_048}
 """--quick: smaller SAEs on fewer tokens (with trainer.sweep.grid.QUICK_GRID)."""
@@ -109,7 +110,7 @@ def sweep_command(
         bool,
         typer.Option("--register/--no-register", help="Store the SAEs and the sweep in the database (DATABASE_URL)."),
     ] = True,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
 ) -> None:
     """Train JumpReLU, ReLU, TopK and Gated SAEs at several sparsities on one activation cache and compare them.
 
@@ -124,13 +125,14 @@ def sweep_command(
     from app.core.settings import Settings
     from app.sweeps.run import SweepOptions, run_sweep
     from trainer.data.activations import ActivationError
-    from trainer.formats import SAEFormatError
+    from trainer.formats.files import SAEFormatError
     from trainer.lm.models import TINY_MODEL
     from trainer.sweep.grid import DEFAULT_GRID, QUICK_GRID, SweepConfig
     from trainer.training.trainer import TrainingInterrupted
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    devices = get_args(Device)
+    if device not in devices:
+        raise fail(f"--device must be {', '.join(devices[:-1])} or {devices[-1]}, got {device!r}")
     preset = TINY if tiny else QUICK if quick else {}
     given = {
         "width": width,

@@ -15,7 +15,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.tables import SAE, Sweep, SweepPointRow
+from app.core.tables import Sweep
 from app.sweeps.chart import ChartPoint, pareto_svg
 from trainer.sweep.pareto import METRICS, matched_l0
 
@@ -64,6 +64,7 @@ def plots(doc: dict[str, Any]) -> dict[str, Markup]:
 
 
 def results_doc(
+    *,
     name: str,
     model: str | None,
     layer: int | None,
@@ -88,7 +89,8 @@ def sweep_doc(session: Session, name: str) -> dict[str, Any] | None:
          "knob": p.knob, "value": p.value, **p.metrics, "train_seconds": p.train_seconds}
         for p in sweep.points
     ]  # fmt: skip
-    doc = results_doc(sweep.name, sweep.model, sweep.layer, sweep.site, sweep.config, sweep.budget, rows)
+    doc = results_doc(name=sweep.name, model=sweep.model, layer=sweep.layer, site=sweep.site, config=sweep.config,
+                      budget=sweep.budget, rows=rows)  # fmt: skip
     return doc | {"created_at": sweep.created_at.isoformat(), "updated_at": sweep.updated_at.isoformat()}
 
 
@@ -107,15 +109,3 @@ def stored_plot(session: Session, name: str, plot: str) -> str | None:
     """The SVG text stored with a sweep, or None."""
     sweep = session.scalar(select(Sweep).where(Sweep.name == name))
     return None if sweep is None else sweep.plots.get(plot)
-
-
-def sweeps_of(session: Session, sae_name: str) -> list[str]:
-    """Names of the sweeps an SAE belongs to."""
-    query = (
-        select(Sweep.name)
-        .join(SweepPointRow, SweepPointRow.sweep_id == Sweep.id)
-        .join(SAE, SAE.id == SweepPointRow.sae_id)
-        .where(SAE.name == sae_name)
-        .order_by(Sweep.name)
-    )
-    return list(session.scalars(query).unique())

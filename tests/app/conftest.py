@@ -22,8 +22,9 @@ from sqlalchemy import Engine
 
 from app.catalog.saes import import_sae
 from app.core.database import session_scope
-from trainer.formats import SAEMetadata, sae_from_tensors, save_native
-from trainer.training.config import SAEConfig
+from trainer.formats.native import SAEMetadata, save_native
+from trainer.formats.tensors import sae_from_tensors
+from trainer.saes.config import SAEConfig
 
 D_SAE = 40
 CONTEXT = 48

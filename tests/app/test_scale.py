@@ -135,7 +135,8 @@ def texts_to_encode() -> list[str]:
 def direct_encodings(engine: Any, texts: list[str]) -> dict[str, Any]:
     """The in-process encoding of each text (no server, no batching), from the SAE's row in the store."""
     from app.catalog.saes import get_sae
-    from app.encoding.encoder import LocalEncoder, SAETarget
+    from app.encoding.local import LocalEncoder
+    from app.encoding.types import SAETarget
 
     with session_scope(engine) as session:
         row = get_sae(session, "tiny")

@@ -22,11 +22,7 @@ from trainer.analysis.logit_lens import output_tokens, similar_features
 from trainer.data.text import Document, batch_sequences, iter_documents, pack_tokens
 from trainer.lm.models import LoadedModel
 from trainer.lm.sites import check_site, harvest
-from trainer.saes import SAE
-
-
-class IndexInterrupted(KeyboardInterrupt):
-    """Ctrl-C during the pass: nothing was stored."""
+from trainer.saes.base import SAE
 
 
 @dataclass
@@ -88,10 +84,10 @@ def _recording(docs: Iterable[Document], ids: list[str]) -> Iterator[Document]:
 def run_index_pass(
     lm: LoadedModel,
     sae: SAE,
+    *,
     layer: int,
     site: str,
     cfg: IndexPassConfig,
-    *,
     on_batch: Callable[[int], None] | None = None,
 ) -> IndexPassResult:
     """Stream cfg.tokens tokens through model and SAE; on_batch(tokens_so_far) after each batch."""
@@ -142,7 +138,7 @@ def residual_directions(lm: LoadedModel, w_dec: Tensor, layer: int, site: str) -
     """
     if site != "attn":
         return w_dec
-    from trainer.lm.models import decoder_layers
+    from trainer.lm.layers import decoder_layers
 
     attention: Any = decoder_layers(lm.model)[layer].self_attn
     o_proj = attention.o_proj.weight.detach().float()  # (d_model, d_attn)

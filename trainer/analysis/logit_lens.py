@@ -27,7 +27,7 @@ def _chunk_rows(chunk: int | None, row_bytes: int, max_bytes: int) -> int:
 
 @torch.no_grad()
 def output_tokens(
-    W_dec: Tensor, W_U: Tensor, k: int = 10, chunk: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    W_dec: Tensor, W_U: Tensor, *, k: int = 10, chunk: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Top-k promoted and suppressed tokens of each feature's decoder direction.
 

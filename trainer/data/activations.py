@@ -194,6 +194,7 @@ def write_shards(
     folder: str | Path,
     chunks: Iterable[Tensor],
     meta: dict[str, Any],
+    *,
     shard_tokens: int = 262_144,
     dtype: torch.dtype = torch.float32,
 ) -> int:

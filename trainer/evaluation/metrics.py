@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from trainer.data.activations import ActivationError, batches
-from trainer.saes import SAE
+from trainer.saes.base import SAE
 
 
 @dataclass
@@ -44,6 +44,7 @@ def evaluate(
     sae: SAE,
     chunks: Iterable[Tensor],
     n_tokens: int,
+    *,
     batch_size: int = 4096,
     device: torch.device | str = "cpu",
     progress: bool = False,

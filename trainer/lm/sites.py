@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from trainer.lm.models import decoder_layers
-
-Site = Literal["resid", "mlp", "attn"]
-SITES: tuple[str, ...] = ("resid", "mlp", "attn")
+from trainer.lm.layers import decoder_layers
+from trainer.lm.site_names import SITES
 
 
 class SiteError(ValueError):

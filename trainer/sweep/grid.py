@@ -3,16 +3,16 @@
 SAEs of several architectures, each at several sparsity levels, train on one activation cache
 with one budget (tokens, batch, recipe, seed) and are evaluated on the same held-out tokens:
 L0, FVU, dead and dense fractions, and delta LM loss on one shared set of predictions. Each
-architecture has its own sparsity knob (`KNOBS`): lambda of the L0 penalty (JumpReLU), lambda of
-the decoder-norm weighted L1 penalty (ReLU, Gated), or k (TopK).
+architecture has its own sparsity knob (its registry spec's `knob`): lambda of the L0 penalty
+(JumpReLU), lambda of the decoder-norm weighted L1 penalty (ReLU, Gated), or k (TopK).
 
-This module trains and measures; `app.sweeps.run` harvests the cache, stores and plots the results.
+This module defines the grid and measures the SAEs; `app.sweeps.run` harvests the cache, trains
+every point through the app's pipeline, stores and plots the results.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,15 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.data.activations import ShardSource
 from trainer.evaluation.delta_lm import delta_lm_losses
 from trainer.evaluation.metrics import evaluate
-from trainer.formats import NATIVE_WEIGHTS, SAEMetadata, load_native
-from trainer.training.config import ARCHITECTURES, Recipe, SAEConfig, TrainConfig, resolve_recipe
-from trainer.training.trainer import CHECKPOINT, Trainer
-
-KNOBS: dict[str, str] = {"jumprelu": "lambda", "relu": "lambda", "gated": "lambda", "topk": "k"}
-"""The sparsity knob each architecture's points sweep."""
+from trainer.formats.native import load_native
+from trainer.saes import registry
+from trainer.saes.config import SAEConfig
+from trainer.training.config import Recipe, TrainConfig
 
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "jumprelu": (3e-5, 6e-5, 1.2e-4, 2.5e-4, 5e-4),
@@ -60,16 +57,17 @@ class SweepPoint:
     value: float
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.architecture not in registry.names():
+            raise ValueError(f"architecture must be one of {', '.join(registry.names())}, got {self.architecture!r}")
         if not math.isfinite(self.value) or self.value <= 0:
             raise ValueError(f"{self.architecture}: the {self.knob} values must be positive, got {self.value}")
         if self.knob == "k" and self.value != int(self.value):
-            raise ValueError(f"topk: k must be a whole number, got {self.value}")
+            raise ValueError(f"{self.architecture}: k must be a whole number, got {self.value}")
 
     @property
     def knob(self) -> str:
-        return KNOBS[self.architecture]
+        """The sparsity knob this point sets: "lambda" or "k" (the architecture's registry spec)."""
+        return registry.get(self.architecture).knob
 
     @property
     def slug(self) -> str:
@@ -105,7 +103,7 @@ class SweepConfig:
     lm_tokens: int = 8_192
     """Held-out next-token predictions for delta LM loss (the same ones for every SAE)."""
     grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
-    """Knob values per architecture (see KNOBS); leave an architecture out to skip it."""
+    """Knob values per architecture (see SweepPoint.knob); leave an architecture out to skip it."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Named deviations for every SAE: SAEConfig or TrainConfig fields (bandwidth, threshold_init,
     threshold_param, lr, sparsity_warmup_steps, ...), taking precedence over the recipe."""
@@ -128,52 +126,17 @@ class SweepConfig:
         self.points()  # validates every value
 
     def points(self) -> list[SweepPoint]:
-        """Every SAE of the sweep, architecture by architecture in `ARCHITECTURES` order."""
-        unknown = set(self.grid) - set(ARCHITECTURES)
+        """Every SAE of the sweep, architecture by architecture in registration order."""
+        unknown = set(self.grid) - set(registry.names())
         if unknown:
             raise ValueError(f"unknown architectures in the grid: {', '.join(sorted(unknown))}")
-        points = [SweepPoint(arch, v) for arch in ARCHITECTURES for v in sorted(self.grid.get(arch, ()))]
+        points = [SweepPoint(arch, v) for arch in registry.names() for v in sorted(self.grid.get(arch, ()))]
         if not points:
             raise ValueError("the grid holds no points")
         return points
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "grid": {arch: list(values) for arch, values in self.grid.items()}}
-
-
-def train_point(
-    point: SweepPoint,
-    cfg: SweepConfig,
-    activations: Path,
-    out_dir: Path,
-    meta: SAEMetadata,
-    device: str = "auto",
-    progress: bool = True,
-) -> float:
-    """Train one point's SAE from the cache into out_dir (resuming a checkpoint); seconds spent.
-
-    A finished SAE (weights present) is left alone and costs nothing.
-    """
-    if (out_dir / NATIVE_WEIGHTS).exists():
-        return 0.0
-    started = time.perf_counter()
-    shards = ShardSource(activations, loop=True)
-    k = int(point.value) if point.knob == "k" else SAEConfig.k
-    sae_names = {f.name for f in fields(SAEConfig)}
-    sae_over = {name: v for name, v in cfg.overrides.items() if name in sae_names}
-    train_over = {name: v for name, v in cfg.overrides.items() if name not in sae_names}
-    sae_cfg = SAEConfig(d_in=shards.d_in, d_sae=cfg.width, architecture=point.architecture, k=k, **sae_over)  # type: ignore[arg-type]
-    steps_tokens = int(cfg.train_tokens * cfg.epochs) // cfg.batch_size * cfg.batch_size
-    train_cfg = TrainConfig(**{
-        "tokens": max(cfg.batch_size, steps_tokens), "batch_size": cfg.batch_size, "recipe": cfg.recipe,
-        "seed": cfg.seed, "sparsity_coeff": None if point.knob == "k" else point.value,
-        "shuffle_buffer": min(262_144, shards.n_tokens), "norm_tokens": min(409_600, shards.n_tokens),
-        "checkpoint_every": 100, "log_every": 10, "device": device, **train_over,
-    })  # fmt: skip
-    resolve_recipe(sae_cfg, train_cfg, set(cfg.overrides))
-    meta = SAEMetadata(**{**asdict(meta), "extra": {**meta.extra, "sweep_point": asdict(point)}})
-    Trainer(sae_cfg, train_cfg, shards, out_dir, meta, progress=progress).fit(resume=(out_dir / CHECKPOINT).exists())
-    return time.perf_counter() - started
 
 
 def evaluate_points(
@@ -199,7 +162,9 @@ def evaluate_points(
         if layer is None:
             raise ValueError("delta LM loss needs the layer the SAEs read")
         reconstructs: dict[str, Callable[[Tensor], Tensor]] = {name: sae.forward for name, sae in saes.items()}
-        losses = delta_lm_losses(model, reconstructs, layer, site, lm_batches, lm_tokens, progress=progress)
+        losses = delta_lm_losses(
+            model, reconstructs, layer=layer, site=site, batches=lm_batches, max_tokens=lm_tokens, progress=progress
+        )
         for name, loss in losses.items():
             results[name] |= {"delta_lm_loss": loss.delta_lm_loss, "clean_lm_loss": loss.clean_loss,
                               "spliced_lm_loss": loss.spliced_loss, "lm_tokens": loss.tokens}  # fmt: skip
@@ -208,10 +173,8 @@ def evaluate_points(
 
 __all__ = [
     "DEFAULT_GRID",
-    "KNOBS",
     "QUICK_GRID",
     "SweepConfig",
     "SweepPoint",
     "evaluate_points",
-    "train_point",
 ]

@@ -1,7 +1,9 @@
-"""Typed, documented configs for the SAE and its training run.
+"""The typed, documented config of a training run, and the schedules it implies.
 
 Every default is the JumpReLU paper's / Gemma Scope recipe (../shared/docs/jumprelu.md §3);
-every deviation is a named field. `resolve_recipe` applies the named short-run recipe.
+every deviation is a named field. `resolve_recipe` applies the named short-run recipe. The
+SAE's own config is `trainer.saes.config.SAEConfig`; what differs per architecture (default
+lambda, whether it warms up) comes from `trainer.saes.registry`.
 """
 
 from __future__ import annotations
@@ -9,53 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-Architecture = Literal["jumprelu", "relu", "topk", "gated"]
-ARCHITECTURES: tuple[str, ...] = ("jumprelu", "relu", "topk", "gated")
-ThresholdParam = Literal["log", "raw"]
+from trainer.device import Device
+from trainer.saes import registry
+from trainer.saes.config import BDecInit, SAEConfig
+
 Recipe = Literal["paper", "short"]
-Device = Literal["auto", "cpu", "cuda"]
-
-
-@dataclass
-class SAEConfig:
-    """Shape and architecture of one sparse autoencoder."""
-
-    d_in: int
-    """Width of the activations the SAE reads (d_model for resid/mlp, heads*head_dim for attn)."""
-    d_sae: int
-    """Number of latents (the dictionary width)."""
-    architecture: Architecture = "jumprelu"
-    """jumprelu (the paper), relu (ReLU + decoder-norm-weighted L1), topk (TopK + AuxK), gated."""
-    use_pre_enc_bias: bool = True
-    """Subtract b_dec from the input before encoding during training (Gemma Scope trains with it)."""
-    bandwidth: float = 0.001
-    """JumpReLU STE kernel width epsilon, in units where E||x||^2 = 1 (GS fn 5)."""
-    threshold_init: float = 0.001
-    """Initial JumpReLU threshold theta_0 (GS §3.2)."""
-    threshold_param: ThresholdParam = "log"
-    """Train log(theta) (the paper) or raw theta clamped above zero (converges in short runs)."""
-    k: int = 32
-    """TopK: active latents per token."""
-    k_aux: int | None = None
-    """TopK: latents used by the AuxK loss; None means d_in // 2 (Gao et al. 2024)."""
-
-    def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
-        if self.threshold_param not in ("log", "raw"):
-            raise ValueError(f"threshold_param must be log or raw, got {self.threshold_param!r}")
-        if self.bandwidth <= 0 or self.threshold_init <= 0:
-            raise ValueError("bandwidth and threshold_init must be positive")
-        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
-
-    @property
-    def resolved_k_aux(self) -> int:
-        return min(self.k_aux or max(1, self.d_in // 2), self.d_sae)
 
 
 @dataclass
@@ -79,7 +41,8 @@ class TrainConfig:
     lr_decay_steps: int = 0
     """Deviation: linear decay to zero over the last N steps (0 = none, as in the paper)."""
     sparsity_coeff: float | None = None
-    """lambda of the sparsity penalty: L0 (jumprelu) or L1 (relu, gated). None = arch default."""
+    """lambda of the sparsity penalty: L0 (jumprelu) or L1 (relu, gated). None = the architecture's
+    default (its registry spec's default_coeff)."""
     sparsity_warmup_steps: int = 10_000
     """Linear warm-up of lambda from 0 over N steps (not used by topk)."""
     aux_coeff: float = 1 / 32
@@ -92,9 +55,9 @@ class TrainConfig:
     """Scale inputs to unit mean squared norm; the scale is folded back into the saved SAE."""
     norm_tokens: int = 409_600
     """Tokens used to estimate the normalisation scale C (DL uses 100 batches)."""
-    b_dec_init: Literal["zeros", "mean"] | None = None
-    """Deviation for short runs: start b_dec at the data mean. None = the architecture's paper:
-    zeros (JumpReLU, ReLU, Gated), mean (TopK). Residual streams carry a large constant
+    b_dec_init: BDecInit | None = None
+    """Deviation for short runs: start b_dec at the data mean. None = the architecture's paper
+    (its SAE class's b_dec_init): zeros (JumpReLU, ReLU, Gated), mean (TopK). Residual streams carry a large constant
     component that Adam needs thousands of steps to move a zero b_dec onto."""
     shuffle_buffer: int = 0
     """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data)."""
@@ -106,7 +69,7 @@ class TrainConfig:
     """GPU only: bf16 autocast for the matmuls; master weights and thresholds stay fp32."""
     keep_freed_memory: bool = True
     """CPU speed: let glibc reuse freed large buffers instead of re-faulting them every step
-    (about 2x at d_in=640; the process keeps its peak memory). See trainer/malloc.py."""
+    (about 2x at d_in=640; the process keeps its peak memory). See trainer/training/malloc.py."""
     checkpoint_every: int = 1000
     """Write an atomic checkpoint every N steps (0 = only at the end)."""
     log_every: int = 10
@@ -121,9 +84,9 @@ class TrainConfig:
             raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.recipe not in ("paper", "short"):
+        if self.recipe not in get_args(Recipe):
             raise ValueError(f"recipe must be paper or short, got {self.recipe!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in get_args(Device):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
 
@@ -132,23 +95,16 @@ class TrainConfig:
         return self.tokens // self.batch_size
 
 
-# Sparsity coefficients per architecture, each in units where E||x||^2 = 1.
-DEFAULT_SPARSITY: dict[str, float] = {
-    "jumprelu": 1e-3,  # GS Fig. 3: the 9B middle-layer 131k SAEs
-    "relu": 5.0e-3,  # L1 on f_i*||d_i||; swept in practice, this gives L0 ~ 50-100 on LM data
-    "gated": 5.0e-3,  # L1 on relu(pi_gate)*||d_i|| (Gated SAE paper, RI-L1)
-    "topk": 0.0,  # TopK has no penalty: k sets L0
-}
-
-
 def sparsity_coeff(sae: SAEConfig, train: TrainConfig) -> float:
     """The coefficient the SAE's training step gets: the run's lambda, or the architecture's
-    default; for TopK (no sparsity penalty) the AuxK weight alpha."""
-    if sae.architecture == "topk":
+    default (registry spec, in units where E||x||^2 = 1); for an architecture without a
+    sparsity penalty (TopK) the auxiliary loss weight alpha."""
+    spec = registry.get(sae.architecture)
+    if spec.penalty == "none":
         return train.aux_coeff
     if train.sparsity_coeff is not None:
         return train.sparsity_coeff
-    return DEFAULT_SPARSITY[sae.architecture]
+    return spec.default_coeff
 
 
 def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> None:
@@ -192,8 +148,9 @@ def lr_at(step: int, train: TrainConfig) -> float:
 
 
 def sparsity_at(step: int, coeff: float, train: TrainConfig, architecture: str = "jumprelu") -> float:
-    """lambda at `step`: linear warm-up from 0 over sparsity_warmup_steps (TopK's AuxK weight has none)."""
-    if train.sparsity_warmup_steps <= 0 or architecture == "topk":
+    """lambda at `step`: linear warm-up from 0 over sparsity_warmup_steps; an architecture
+    without a sparsity penalty (TopK: coeff is its AuxK weight) has none."""
+    if train.sparsity_warmup_steps <= 0 or registry.get(architecture).penalty == "none":
         return coeff
     return coeff * min(1.0, step / train.sparsity_warmup_steps)
 
@@ -211,9 +168,6 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "ARCHITECTURES",
-    "DEFAULT_SPARSITY",
-    "SAEConfig",
     "TrainConfig",
     "from_dict",
     "lr_at",

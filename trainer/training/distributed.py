@@ -1,4 +1,4 @@
-"""Device choice and torchrun / DDP process-group setup.
+"""torchrun / DDP process-group setup (the device rule itself is trainer.device).
 
 Launched plainly, training runs in one process on `--device`. Launched by `torchrun`
 (RANK, WORLD_SIZE, LOCAL_RANK in the environment), every process joins one process group
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from trainer.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -32,17 +34,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """auto -> cuda when available, else cpu; cuda without a GPU is a clear error."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {preference!r}")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def setup(preference: str) -> DistContext:

@@ -25,10 +25,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from trainer.atomic import atomic_write_bytes, atomic_write_text
 from trainer.data.activations import ActivationSource, ShuffleBuffer, batches, take_tokens
-from trainer.formats import SAEMetadata, atomic_write_bytes, atomic_write_text, save_native
-from trainer.saes import SAE, StepOutput, TopKSAE, build_sae
-from trainer.training.config import SAEConfig, TrainConfig, lr_at, sparsity_at, sparsity_coeff
+from trainer.formats.native import SAEMetadata, save_native
+from trainer.saes.base import SAE, StepOutput
+from trainer.saes.config import SAEConfig
+from trainer.saes.registry import build_sae
+from trainer.training.config import TrainConfig, lr_at, sparsity_at, sparsity_coeff
 from trainer.training.distributed import DistContext, all_reduce_sum, barrier, setup, teardown
 from trainer.training.malloc import keep_freed_memory
 
@@ -84,6 +87,7 @@ class Trainer:
         train_cfg: TrainConfig,
         source: ActivationSource,
         out_dir: str | Path,
+        *,
         meta: SAEMetadata | None = None,
         progress: bool = True,
         on_step: Callable[[int, SAE], None] | None = None,
@@ -168,8 +172,7 @@ class Trainer:
             keep_freed_memory()
         torch.manual_seed(cfg.seed)
         sae = build_sae(self.sae_cfg).to(ctx.device)
-        if isinstance(sae, TopKSAE):
-            sae.dead_tokens = cfg.dead_tokens
+        sae.dead_tokens = cfg.dead_tokens
         fused = ctx.device.type in ("cpu", "cuda")
         optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
         coeff = sparsity_coeff(self.sae_cfg, cfg)
@@ -183,7 +186,7 @@ class Trainer:
             start = 0
             sample = take_tokens(self.source, cfg.norm_tokens)
             scale = estimate_scale(sample) if cfg.normalize else 1.0
-            if cfg.b_dec_init == "mean" or (cfg.b_dec_init is None and isinstance(sae, TopKSAE)):
+            if (cfg.b_dec_init or sae.b_dec_init) == "mean":
                 with torch.no_grad():  # start b_dec at the data's centre (Gao et al. for TopK)
                     sae.b_dec.copy_((sample.mean(0) / scale).to(ctx.device))
             if ctx.is_main:

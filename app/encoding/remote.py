@@ -1,0 +1,125 @@
+"""The encoder of a web server that holds no model: it asks a `jumpscope worker` over HTTP.
+
+`RemoteEncoder` posts the request `LocalEncoder.encode` takes to the worker's encode API
+(app.encoding.worker_api) and turns its replies back into `TextEncoding`s and the errors of
+app.encoding.types. Torch-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from app.encoding.types import EncodeError, EncoderUnavailable, SAETarget, TextEncoding
+
+
+class RemoteEncoder:
+    """Encodes through a `jumpscope worker` (app.encoding.worker_api) at base_url, over HTTP.
+
+    A 422 reply becomes EncodeError(detail); no connection, a timeout or any other reply becomes
+    EncoderUnavailable naming the URL. `transport` lets tests talk to an in-process app
+    (httpx.ASGITransport). One connection pool is kept per event loop.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 60, *, transport: Any = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._transport = transport
+        self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _http(self) -> Any:
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop or self._client.is_closed:
+            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the connection pool (of the current event loop)."""
+        if self._client is not None and self._client_loop is asyncio.get_running_loop():
+            await self._client.aclose()
+        self._client = None
+
+    async def encode(
+        self,
+        target: SAETarget,
+        texts: list[str],
+        *,
+        top_k: int | None = None,
+        features: list[int] | None = None,
+        include_bos: bool = True,
+    ) -> list[TextEncoding]:
+        """POST {base_url}/v1/encode: the target's fields plus texts, top_k, features, include_bos."""
+        import httpx
+
+        url = f"{self.base_url}/v1/encode"
+        body = {
+            "name": target.name,
+            "path": target.path,
+            "model": target.model,
+            "layer": target.layer,
+            "site": target.site,
+            "prepend_bos": target.prepend_bos,
+            "texts": texts,
+            "top_k": top_k,
+            "features": features,
+            "include_bos": include_bos,
+        }
+        try:
+            reply = await self._http().post(url, json=body)
+        except httpx.HTTPError as err:
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} is unreachable: {type(err).__name__}: {err}"
+            ) from err
+        if reply.status_code == 422:
+            raise EncodeError(_detail(reply))
+        if reply.status_code != 200:
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} answered {reply.status_code} to POST /v1/encode: {_detail(reply)}"
+            )
+        try:
+            results = reply.json()["results"]
+            return [
+                TextEncoding(
+                    tokens=list(r["tokens"]),
+                    token_ids=[int(i) for i in r["token_ids"]],
+                    special=[bool(s) for s in r["special"]],
+                    activations=[[(int(i), float(v)) for i, v in row] for row in r["activations"]],
+                    dense=None if r.get("dense") is None else {int(k): list(v) for k, v in r["dense"].items()},
+                )
+                for r in results
+            ]
+        except (ValueError, KeyError, TypeError) as err:
+            raise EncoderUnavailable(f"encoder worker at {self.base_url} sent a malformed reply: {err}") from err
+
+    async def health(self) -> str:
+        """'ok' if GET {base_url}/healthz answers {"status": "ok"}, else 'unavailable'."""
+        import httpx
+
+        try:
+            reply = await self._http().get(f"{self.base_url}/healthz")
+            ok = reply.status_code == 200 and reply.json().get("status") == "ok"
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return "unavailable"
+        return "ok" if ok else "unavailable"
+
+
+def _detail(reply: Any) -> str:
+    """The `detail` of a FastAPI error reply as one line (validation errors joined), else the body."""
+    try:
+        detail = reply.json().get("detail")
+    except (ValueError, AttributeError):
+        return reply.text[:300] or reply.reason_phrase
+    if isinstance(detail, list):  # request validation: [{"loc": [...], "msg": ...}, ...]
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)

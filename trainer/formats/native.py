@@ -1,0 +1,123 @@
+"""The native SAE folder: cfg.json (architecture, shapes, metadata) + sae.safetensors (float32).
+
+What `jumpscope train` writes and the store keeps. The tensors are the inference form
+(normalisation scale C and pre-encoder bias folded in); cfg.json records the architecture,
+d_in, d_sae, k (architectures whose knob is k), the `SAEMetadata` fields and any extras.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors.torch import save_file
+
+from trainer.atomic import atomic_write_bytes, atomic_write_text
+from trainer.formats.files import NATIVE_CFG, NATIVE_WEIGHTS, SAEFormatError
+from trainer.formats.tensors import cpu_tensors, read_safetensors, sae_from_tensors
+from trainer.saes import registry
+from trainer.saes.base import SAE
+from trainer.saes.config import SAEConfig
+from trainer.version import jumpscope_version
+
+
+@dataclass
+class SAEMetadata:
+    """Where an SAE's activations came from and how they were scaled (cfg.json fields)."""
+
+    model: str | None = None
+    """Hugging Face id or local folder of the model the activations come from."""
+    layer: int | None = None
+    """Zero-indexed decoder layer."""
+    site: str | None = None
+    """resid, mlp or attn (interface.md)."""
+    dataset: str | None = None
+    """Where the training tokens came from."""
+    context_size: int | None = None
+    """Tokens per packed sequence."""
+    prepend_bos: bool = True
+    """Whether sequences start with BOS (BOS itself is never trained on)."""
+    normalization_scale: float = 1.0
+    """C: training divided raw activations by C; already folded into the saved tensors."""
+    tokens_trained: int = 0
+    """Tokens the SAE was trained on."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth keeping (training config, eval metrics)."""
+
+
+class LoadedSAE(NamedTuple):
+    """An SAE in inference form and its metadata (what every format's loader returns)."""
+
+    sae: SAE
+    meta: SAEMetadata
+
+
+def save_native(folder: str | Path, sae: SAE, meta: SAEMetadata) -> Path:
+    """Write an inference-form SAE as cfg.json + sae.safetensors (float32)."""
+    if sae.cfg.use_pre_enc_bias:
+        raise ValueError("save_native takes the inference form: call sae.fold(scale) first")
+    folder = Path(folder)
+    tensors = cpu_tensors(sae)
+    atomic_write_bytes(folder / NATIVE_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+    cfg = {
+        "architecture": sae.cfg.architecture,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "dtype": "float32",
+        **{k: v for k, v in asdict(meta).items() if k != "extra"},
+        "jumpscope_version": jumpscope_version(),
+    }
+    if sae.cfg.spec.knob == "k":
+        cfg["k"] = sae.cfg.k
+    cfg.update({k: v for k, v in meta.extra.items() if k not in cfg})  # extras never override the core
+    atomic_write_text(folder / NATIVE_CFG, json.dumps(cfg, indent=2, default=str) + "\n")
+    return folder
+
+
+def read_native_cfg(folder: Path) -> dict[str, Any]:
+    """cfg.json of a native folder, with its required fields and a registered architecture checked."""
+    cfg_path = folder / NATIVE_CFG
+    if not folder.is_dir():
+        raise SAEFormatError(f"{folder} is not a folder")
+    if not cfg_path.exists():
+        raise SAEFormatError(f"{folder}: no {NATIVE_CFG} (a native SAE folder holds {NATIVE_CFG} and {NATIVE_WEIGHTS})")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise SAEFormatError(f"{cfg_path}: not valid JSON ({err})") from err
+    for key in ("architecture", "d_in", "d_sae"):
+        if key not in cfg:
+            raise SAEFormatError(f"{cfg_path}: missing field '{key}'")
+    if cfg["architecture"] not in registry.names():
+        raise SAEFormatError(
+            f"{cfg_path}: unknown architecture {cfg['architecture']!r} (allowed: {', '.join(registry.names())})"
+        )
+    return dict(cfg)
+
+
+def load_native(folder: str | Path, device: str | torch.device = "cpu") -> LoadedSAE:
+    """Load a native SAE folder, checking every tensor against cfg.json."""
+    folder = Path(folder)
+    cfg = read_native_cfg(folder)
+    weights = folder / NATIVE_WEIGHTS
+    tensors = read_safetensors(weights)
+    sae_cfg = SAEConfig(
+        d_in=int(cfg["d_in"]),
+        d_sae=int(cfg["d_sae"]),
+        architecture=cfg["architecture"],
+        k=int(cfg.get("k", 32)),
+    )
+    sae = sae_from_tensors(tensors, sae_cfg, str(weights)).to(device)
+    known = {f.name for f in fields(SAEMetadata)} - {"extra"}
+    skip = known | {"architecture", "d_in", "d_sae", "dtype", "jumpscope_version", "k"}
+    meta = SAEMetadata(
+        **{k: cfg[k] for k in known if k in cfg},
+        extra={k: v for k, v in cfg.items() if k not in skip},
+    )
+    return LoadedSAE(sae, meta)
+
+
+__all__ = ["LoadedSAE", "SAEMetadata", "load_native", "read_native_cfg", "save_native"]

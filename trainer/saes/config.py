@@ -1,0 +1,65 @@
+"""SAEConfig: the shape and architecture of one sparse autoencoder (torch-free).
+
+Defaults are the JumpReLU paper's / Gemma Scope's (../shared/docs/jumprelu.md §3); the
+architecture is any name in `trainer.saes.registry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from trainer.saes import registry
+
+ThresholdParam = Literal["log", "raw"]
+BDecInit = Literal["zeros", "mean"]
+"""Where b_dec starts: zeros (the paper) or the data mean."""
+
+
+@dataclass
+class SAEConfig:
+    """Shape and architecture of one sparse autoencoder."""
+
+    d_in: int
+    """Width of the activations the SAE reads (d_model for resid/mlp, heads*head_dim for attn)."""
+    d_sae: int
+    """Number of latents (the dictionary width)."""
+    architecture: str = "jumprelu"
+    """A registered architecture (trainer.saes.registry): jumprelu (the paper), relu (ReLU +
+    decoder-norm-weighted L1), topk (TopK + AuxK), gated, and any registered later."""
+    use_pre_enc_bias: bool = True
+    """Subtract b_dec from the input before encoding during training (Gemma Scope trains with it)."""
+    bandwidth: float = 0.001
+    """JumpReLU STE kernel width epsilon, in units where E||x||^2 = 1 (GS fn 5)."""
+    threshold_init: float = 0.001
+    """Initial JumpReLU threshold theta_0 (GS §3.2)."""
+    threshold_param: ThresholdParam = "log"
+    """Train log(theta) (the paper) or raw theta clamped above zero (converges in short runs)."""
+    k: int = 32
+    """TopK (architectures whose knob is k): active latents per token."""
+    k_aux: int | None = None
+    """TopK: latents used by the AuxK loss; None means d_in // 2 (Gao et al. 2024)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in registry.names():
+            raise ValueError(f"architecture must be one of {', '.join(registry.names())}, got {self.architecture!r}")
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
+        if self.threshold_param not in get_args(ThresholdParam):
+            raise ValueError(f"threshold_param must be log or raw, got {self.threshold_param!r}")
+        if self.bandwidth <= 0 or self.threshold_init <= 0:
+            raise ValueError("bandwidth and threshold_init must be positive")
+        if self.spec.knob == "k" and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+
+    @property
+    def spec(self) -> registry.ArchitectureSpec:
+        """The registry's facts about this config's architecture."""
+        return registry.get(self.architecture)
+
+    @property
+    def resolved_k_aux(self) -> int:
+        return min(self.k_aux or max(1, self.d_in // 2), self.d_sae)
+
+
+__all__ = ["SAEConfig", "ThresholdParam"]
