@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from app.core.commands import console, fail, open_store, print_metrics
 from app.core.settings import Settings
@@ -22,6 +23,7 @@ from app.pipeline.run import (
     run_pipeline,
     train_step,
 )
+from app.pipeline.stage_times import StageTimes
 from app.pipeline.stages import evaluate_sae_dir, lm_metadata, lm_source, metadata_from_shards, write_activation_cache
 from trainer.device import Device
 from trainer.saes import registry
@@ -331,10 +333,17 @@ def demo(
     acts, sae_dir = out / "activations", out / "sae"
     tokens = 0
     current = Stage.TRAIN
+    times = StageTimes.load(out)
 
     def on_stage(stage: Stage, *, skip: bool, run: PipelineResult) -> None:
         nonlocal current
         current = stage
+        if stage is Stage.INDEX:
+            pass  # timed with the register stage
+        elif skip:
+            times.stop()
+        else:
+            times.start(stage.value)
         if stage is Stage.TRAIN and not skip:
             console.print(f"stage 2/5: training a {width}-wide JumpReLU SAE on {tokens:,} tokens")
         elif stage is Stage.EVALUATE and not skip:
@@ -349,11 +358,14 @@ def demo(
 
     try:
         if not (acts / "meta.json").exists():
+            times.start("load model")
             lm = lm_source(model=model, layer=layer, model_batch=32, device=device, max_tokens=cache_tokens)
             console.print(
                 f"stage 1/5: harvesting {cache_tokens:,} activations of {lm.loaded.name} layer {lm.cfg.layer}"
             )
+            times.start("harvest")
             write_activation_cache(lm, acts, bf16=True)
+            times.stop()
         shards = ShardSource(acts, loop=True)
         tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
         train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff, shuffle_buffer=SHUFFLE_BUFFER,
@@ -363,6 +375,7 @@ def demo(
         result = run_pipeline(plan=plan, engine=engine, data_dir=settings.data_dir, replace=True, reuse=True,
                               retrain=retrain, index_tokens=index_tokens, progress=True,
                               hooks=PipelineHooks(on_stage=on_stage))  # fmt: skip
+        times.stop()
     except TrainingInterrupted:
         console.print("interrupted: run `jumpscope demo` again to continue from the checkpoint")
         raise typer.Exit(code=130) from None
@@ -373,11 +386,30 @@ def demo(
         raise typer.Exit(code=130) from None
     except (ValueError, OSError) as err:  # ActivationError, SAEFormatError and RegistryError among them
         raise fail(str(err)) from None
+    _print_times(times)
     if serve:
         import uvicorn
 
         console.print(f"stage 5/5: serving on http://{host}:{port}/saes/{result.name} (Ctrl-C stops)")
         uvicorn.run("app.server:create_app", factory=True, host=host, port=port, log_level="warning")
+
+
+DEMO_STAGES = ["load model", "harvest", "train", "evaluate", "register"]
+"""The demo's timed stages, in order (load model includes the one-off conversion of the default
+model; register includes indexing)."""
+
+
+def _print_times(times: StageTimes) -> None:
+    """The demo's stage times: this run's, and those a cached stage took when it ran."""
+    table = Table(title="demo stage times (wall clock)")
+    for column in ("stage", "minutes", "this run"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    total = 0.0
+    for stage, seconds, now in times.rows(DEMO_STAGES):
+        total += seconds or 0.0
+        table.add_row(stage, "-" if seconds is None else f"{seconds / 60:.1f}", "yes" if now else "kept")
+    table.add_row("total", f"{total / 60:.1f}", "")
+    Console(stderr=True).print(table)
 
 
 def _synthetic_demo(out: Path) -> None:

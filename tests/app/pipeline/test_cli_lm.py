@@ -89,8 +89,14 @@ def test_demo_runs_its_stages_once_and_a_second_run_reuses_them(tiny_model_dir: 
     for key in ("l0", "fvu", "delta_lm_loss", "dead_fraction", "dense_fraction_1pct", "dense_fraction_10pct"):
         assert key in metrics, key
     assert "delta_lm_loss" in first.stdout
+    assert "demo stage times" in first.stderr
+    timed = json.loads((tmp_path / "demo" / "timings.json").read_text())
+    assert set(timed) == {"load model", "harvest", "train", "evaluate", "register"}
+    assert all(seconds > 0 for seconds in timed.values())
     second = run(*args, env=env)
     assert second.returncode == 0, second.stderr
     assert "stage 1/5" not in second.stderr and "stage 2/5" not in second.stderr  # cached
     assert "is registered and indexed" in second.stderr
+    assert "kept" in second.stderr  # the first run's stage times, marked as kept
+    assert json.loads((tmp_path / "demo" / "timings.json").read_text())["harvest"] == timed["harvest"]
     assert "delta_lm_loss" in second.stdout
