@@ -67,6 +67,9 @@ from trainer.training.trainer import estimate_scale
 
 GOAL_FRACTION = 0.6
 GOAL_RATIO = 1.3
+SPARSE_GOAL = 2.5
+"""The sparse step's goal: an effective fraction of the dense matmul rate (tokens/s x 10 d_in d_sae
+FLOPs over the matmul rate) of at least this, at L0 <= 64 and width >= 16k."""
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -156,9 +159,12 @@ def _no_mark(name: str) -> contextlib.AbstractContextManager[Any]:
 class JumpscopeRunner:
     """jumpscope's JumpReLU SAE and optimiser, set up as Trainer._fit does (paper recipe)."""
 
-    name = "jumpscope"
-
-    def __init__(self, raw_pool: list[Tensor], d_in: int, d_sae: int, args: argparse.Namespace) -> None:
+    def __init__(
+        self, raw_pool: list[Tensor], d_in: int, d_sae: int, args: argparse.Namespace, *, sparse: bool = False
+    ) -> None:
+        self.sparse = sparse
+        """Time SAE.sparse_training_step (f held at its active entries) instead of the dense step."""
+        self.name = "sparse" if sparse else "jumpscope"
         self.batch = args.batch
         self.target_l0 = args.target_l0
         self.train_cfg = TrainConfig(batch_size=args.batch)  # the paper's lr, Adam (0, 0.999), eps, warm-ups
@@ -195,7 +201,8 @@ class JumpscopeRunner:
         for group in optimizer.param_groups:
             group["lr"] = lr
         with mark("forward: training_step"):
-            out = sae.training_step(x, lam)  # what _Step.forward calls; autocast is CUDA-only
+            # what _Step.forward calls (autocast is CUDA-only)
+            out = sae.sparse_training_step(x, lam) if self.sparse else sae.training_step(x, lam)
         with mark("backward"):
             out.loss.backward()
         with mark("project_decoder_grad"):
@@ -304,9 +311,11 @@ def timed_step(runner: Any, raw: Tensor, timing: Timing) -> None:
 
 
 def bench_shape(d_in: int, d_sae: int, args: argparse.Namespace) -> dict[str, Any]:
-    print(f"\n== d_in={d_in} d_sae={d_sae} ==", flush=True)
+    print(f"\n== d_in={d_in} d_sae={d_sae} target L0 {args.target_l0:g} ==", flush=True)
     raw_pool = data_pool(d_in, args)
     runners: list[Any] = [JumpscopeRunner(raw_pool, d_in, d_sae, args)]
+    if args.sparse:
+        runners.append(JumpscopeRunner(raw_pool, d_in, d_sae, args, sparse=True))
     if not args.skip_saelens:
         runners.append(SAELensRunner(raw_pool, d_in, d_sae, args))
     stream = cycle(raw_pool)
@@ -324,7 +333,7 @@ def bench_shape(d_in: int, d_sae: int, args: argparse.Namespace) -> dict[str, An
         print(f"  matmul {name:<36} {probe.rate(name) / 1e9:8.1f} GFLOP/s")
     print(f"  matmul, all five (sum of best times)        {probe.combined / 1e9:8.1f} GFLOP/s")
     flops_per_token = 10.0 * d_in * d_sae
-    row: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "mm": probe.combined}
+    row: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "target_l0": args.target_l0, "mm": probe.combined}
     for name, t in timings.items():
         tps = args.batch / t.median
         row[name] = {
@@ -419,7 +428,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each library before timing")
     p.add_argument("--steps", type=int, default=5, help="timed rounds (one step of each library; median reported)")
     p.add_argument("--mm-repeats", type=int, default=1, help="matmul repeats per round (best of all kept)")
-    p.add_argument("--target-l0", type=float, default=64.0, help="latents per token the thresholds are set for")
+    p.add_argument(
+        "--target-l0", type=float, nargs="+", default=[64.0], help="latents per token the thresholds are set for"
+    )
+    p.add_argument(
+        "--sparse", action="store_true", help="also time the sparse step (SAE.sparse_training_step) beside the dense"
+    )
     p.add_argument("--pool", type=int, default=4, help="distinct synthetic batches cycled through")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
@@ -461,7 +475,12 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"sae-lens {sae_lens.__version__}")
 
-    rows = [bench_shape(d_in, d_sae, args) for d_in in args.d_in for d_sae in args.d_sae]
+    rows = [
+        bench_shape(d_in, d_sae, argparse.Namespace(**{**vars(args), "target_l0": l0}))
+        for d_in in args.d_in
+        for d_sae in args.d_sae
+        for l0 in args.target_l0
+    ]
 
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (other processes slow every column alike)")
     print("FLOPs counted: 10 * d_in * d_sae per token (2 forward + 3 backward matmuls) for both libraries.")
@@ -494,6 +513,17 @@ def main(argv: list[str] | None = None) -> None:
             ratio = ours["tps"] / theirs["tps"]
             line += f"; {ratio:.3f}x sae-lens (goal {GOAL_RATIO}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'})"
         print(line)
+    for r in rows:
+        sparse, dense = r.get("sparse"), r["jumpscope"]
+        if sparse is None:
+            continue
+        goal = r["target_l0"] <= 64 and r["d_sae"] >= 16_384
+        verdict = f" (goal {SPARSE_GOAL}: {'met' if sparse['frac'] >= SPARSE_GOAL else 'NOT met'})" if goal else ""
+        print(
+            f"d_in={r['d_in']} d_sae={r['d_sae']} L0 {sparse['l0']:.0f}: sparse step {sparse['tps']:,.0f} tok/s = "
+            f"{sparse['frac']:.2f} of the dense matmul rate{verdict}; "
+            f"{sparse['tps'] / dense['tps']:.2f}x the dense step"
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from app.pipeline.stages import evaluate_sae_dir, lm_metadata, lm_source, metada
 from trainer.device import Device
 from trainer.saes import registry
 from trainer.saes.config import BDecInit, ThresholdParam
-from trainer.training.config import Recipe
+from trainer.training.config import Recipe, StepKind
 
 if TYPE_CHECKING:
     from trainer.data.activations import ActivationSource
@@ -126,6 +126,13 @@ def train(
     ] = False,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="GPU: bf16 autocast for matmuls (weights stay fp32).")] = False,
+    step: Annotated[
+        StepKind,
+        typer.Option(
+            help="dense, sparse (f kept at its active entries: the same training, faster at low L0) or auto "
+            "(sparse once L0 is at most d_sae/64, where the architecture has a sparse step)."
+        ),
+    ] = "auto",
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 1000,
     log_every: Annotated[int, typer.Option(help="metrics.jsonl line every N steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
@@ -197,6 +204,7 @@ def train(
             normalize=not no_normalize,
             device=device,
             autocast_bf16=bf16,
+            step=step,
             checkpoint_every=checkpoint_every,
             log_every=log_every,
             seed=seed,

@@ -104,6 +104,14 @@ class SAE(nn.Module):
         """Loss of one batch x (B, d_in) in normalised units with sparsity weight coeff."""
         raise NotImplementedError
 
+    has_sparse_step: ClassVar[bool] = False
+    """Whether `sparse_training_step` exists: the same step with f held at its active entries only."""
+
+    def sparse_training_step(self, x: Tensor, coeff: float) -> StepOutput:
+        """`training_step` computed sparsely: the same loss, gradients equal within float tolerance,
+        at a cost beyond the encoder matmul that grows with B x L0 x d_in (trainer.saes.sparse)."""
+        raise NotImplementedError(f"{self.cfg.architecture} SAEs have no sparse training step yet")
+
     # -- decoder constraint ---------------------------------------------------------------
     @torch.no_grad()
     def normalize_decoder(self) -> None:

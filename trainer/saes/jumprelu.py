@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from trainer.saes import sparse
 from trainer.saes.base import SAE, StepOutput
 from trainer.saes.config import SAEConfig
 
@@ -52,6 +53,60 @@ class JumpReLUWithL0(torch.autograd.Function):
         return grad_pre, grad_theta, None
 
 
+class SparseJumpReLUStep(torch.autograd.Function):
+    """The JumpReLU training step from the input to the bias-free reconstruction, computed sparsely.
+
+    The same function and the same pseudo-derivatives as `pre_acts` + `JumpReLUWithL0` + `decode`
+    (without b_dec): pre = x @ W_enc + bias is the one dense matmul; f is held at its active
+    entries only (trainer.saes.sparse.Pattern); x_hat = f @ W_dec, dL/df at the active and
+    in-window entries (sampled products), and the W_dec, W_enc and bias gradients all cost
+    O(B x L0 x d_in) instead of O(B x d_sae x d_in). x gets no gradient (it is data).
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, w_enc: Tensor, bias: Tensor, threshold: Tensor, w_dec: Tensor, bandwidth: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # x (B, d_in), w_enc (d_in, d_sae), bias (d_sae,), threshold (d_sae,), w_dec (d_sae, d_in)
+        pre = torch.addmm(bias, x, w_enc)  # (B, d_sae): the one dense matmul
+        diff = pre - threshold  # (B, d_sae)
+        active = diff > 0  # (B, d_sae) bool: H, strict
+        window = diff.abs_() < bandwidth / 2  # (B, d_sae) bool: K((pre - theta) / eps) = 1
+        needed = sparse.Pattern.of(active | window)  # every entry whose dL/df the backward uses
+        is_active = active[needed.rows, needed.cols]  # (n,) bool
+        in_window = window[needed.rows, needed.cols]  # (n,) bool
+        on = sparse.Pattern.of(active)
+        values = pre[on.rows, on.cols]  # (nnz,) f at its active entries
+        x_hat = sparse.decode(on, values, w_dec)  # (B, d_in)
+        l0 = (on.offsets[1:] - on.offsets[:-1]).to(pre.dtype)  # (B,)
+        ctx.save_for_backward(x, threshold, w_dec, values, is_active, in_window)
+        ctx.patterns = (on, needed)
+        ctx.bandwidth = bandwidth
+        ctx.mark_non_differentiable(active)
+        return x_hat, l0, active
+
+    @staticmethod
+    def backward(
+        ctx, grad_x_hat: Tensor, grad_l0: Tensor, _grad_active: Tensor
+    ) -> tuple[None, Tensor, Tensor, Tensor, Tensor, None]:
+        x, threshold, w_dec, values, is_active, in_window = ctx.saved_tensors
+        on, needed = ctx.patterns
+        eps = ctx.bandwidth
+        grad_x_hat = grad_x_hat.contiguous()
+        grad_f = sparse.sampled_products(needed, grad_x_hat, w_dec)  # (n,): dL/df at the needed entries
+        # dL/dpre = dL/df where active (d f / d pre = H); the active entries of `needed` are
+        # exactly `on`'s, in the same row-major order.
+        grad_pre = grad_f[is_active]  # (nnz,)
+        grad_w_enc, grad_bias, grad_w_dec = sparse.weight_grads(
+            on, values=values, grad_pre=grad_pre, x=x, grad_x_hat=grad_x_hat
+        )
+        # theta: -(theta / eps) dL/df - (1 / eps) dL/dL0, summed over the in-window entries
+        rows, cols = needed.rows[in_window], needed.cols[in_window]
+        per_entry = (threshold[cols] * grad_f[in_window] + grad_l0[rows]) / -eps  # (n_window,)
+        grad_theta = torch.zeros_like(threshold).index_add_(0, cols, per_entry.to(threshold.dtype))
+        return None, grad_w_enc, grad_bias, grad_theta, grad_w_dec, None
+
+
 def jumprelu_with_l0(pre: Tensor, threshold: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
     """(f, per-token L0) with the paper's straight-through pseudo-derivatives."""
     f, l0, _ = JumpReLUWithL0.apply(pre, threshold, bandwidth)
@@ -60,6 +115,8 @@ def jumprelu_with_l0(pre: Tensor, threshold: Tensor, bandwidth: float) -> tuple[
 
 class JumpReLUSAE(SAE):
     """The paper's SAE: f = pre * H(pre - theta), trained with lambda * L0 through STEs."""
+
+    has_sparse_step = True
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -89,6 +146,18 @@ class JumpReLUSAE(SAE):
         zero = mse.new_zeros(())
         # theta > 0, so f > 0 exactly where H(pre - theta) = 1: reuse the mask
         return StepOutput(mse + coeff * sparsity, mse, sparsity, zero, x_hat.detach(), active)
+
+    def sparse_training_step(self, x: Tensor, coeff: float) -> StepOutput:
+        # The same loss as training_step, with f kept at its active entries (SparseJumpReLUStep).
+        w_enc = self.W_enc
+        bias = self.b_enc - self.b_dec @ w_enc if self.cfg.use_pre_enc_bias else self.b_enc  # (d_sae,)
+        decoded, l0, active = SparseJumpReLUStep.apply(
+            x.float(), w_enc, bias, self.threshold, self.W_dec, self.cfg.bandwidth
+        )
+        x_hat = decoded + self.b_dec  # (B, d_in)
+        mse = (x_hat - x.float()).pow(2).sum(-1).mean()
+        sparsity = l0.mean()
+        return StepOutput(mse + coeff * sparsity, mse, sparsity, mse.new_zeros(()), x_hat.detach(), active)
 
     @torch.no_grad()
     def after_step(self) -> None:

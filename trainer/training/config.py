@@ -18,6 +18,8 @@ from trainer.saes import registry
 from trainer.saes.config import BDecInit, SAEConfig
 
 Recipe = Literal["paper", "short"]
+StepKind = Literal["dense", "sparse", "auto"]
+"""Which training step runs (see TrainConfig.step)."""
 
 
 @dataclass
@@ -76,6 +78,11 @@ class TrainConfig:
     """Append a metrics.jsonl line every N steps."""
     recipe: Recipe = "paper"
     """paper (defaults above) or short (jumprelu.md §3.3): see resolve_recipe."""
+    step: StepKind = "auto"
+    """dense: every matmul dense. sparse: f held at its active entries, so that decoding and the weight
+    gradients cost B x L0 x d_in (SAE.sparse_training_step; the same training within float tolerance).
+    auto: sparse once the last step's L0 is at most d_sae / 64 (dense early, while L0 is high), for
+    architectures that have a sparse step, without bf16 autocast; dense otherwise."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -84,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.step not in get_args(StepKind):
+            raise ValueError(f"step must be dense, sparse or auto, got {self.step!r}")
         if self.recipe not in get_args(Recipe):
             raise ValueError(f"recipe must be paper or short, got {self.recipe!r}")
         if self.device not in get_args(Device):

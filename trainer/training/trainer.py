@@ -10,6 +10,7 @@ DDP averages the gradients, so the run matches one process on the same global ba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -66,8 +67,14 @@ class _Step(nn.Module):
         super().__init__()
         self.sae = sae
 
-    def forward(self, x: Tensor, coeff: float) -> StepOutput:
+    def forward(self, x: Tensor, coeff: float, sparse: bool = False) -> StepOutput:
+        if sparse:
+            return self.sae.sparse_training_step(x, coeff)
         return self.sae.training_step(x, coeff)
+
+
+AUTO_SPARSE_MAX_DENSITY = 1 / 64
+"""`step="auto"` takes the sparse step once the last step's L0 is at most this fraction of d_sae."""
 
 
 def estimate_scale(sample: Tensor) -> float:
@@ -105,6 +112,8 @@ class Trainer:
         self.on_step = on_step
         """Called after every optimiser step with (steps done, training-form SAE)."""
         self._stop_requested = False
+        self._last_l0: float | None = None
+        """Mean L0 of the last step (step="auto" chooses the next step by it; kept in checkpoints)."""
 
     # -- data -----------------------------------------------------------------------------
     def _stream(self, ctx: DistContext) -> Iterator[Tensor]:
@@ -125,6 +134,7 @@ class Trainer:
             "sae": sae.state_dict(),
             "optimizer": optimizer.state_dict(),
             "sae_cfg": asdict(self.sae_cfg),
+            "last_l0": self._last_l0,
         }
         atomic_write_bytes(self.out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
@@ -135,6 +145,8 @@ class Trainer:
             raise ValueError(f"{path} was written for a different SAE config: {state['sae_cfg']}")
         sae.load_state_dict(state["sae"])
         optimizer.load_state_dict(state["optimizer"])
+        last_l0 = state.get("last_l0")  # the auto step's choice resumes where it was
+        self._last_l0 = None if last_l0 is None else float(last_l0)
         return int(state["step"]), float(state["scale"])
 
     def _trim_metrics(self, step: int) -> None:
@@ -177,6 +189,13 @@ class Trainer:
         optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
         coeff = sparsity_coeff(self.sae_cfg, cfg)
         total = cfg.total_steps
+        if cfg.step == "sparse" and not sae.has_sparse_step:
+            raise ValueError(
+                f"{self.sae_cfg.architecture} SAEs have no sparse training step yet: use --step dense or auto"
+            )
+        autocast_on = cfg.autocast_bf16 and ctx.device.type == "cuda"
+        auto_sparse = cfg.step == "auto" and sae.has_sparse_step and not autocast_on
+        self._last_l0 = None
 
         if resume:
             start, scale = self._load_checkpoint(sae, optimizer, ctx.device)
@@ -241,8 +260,15 @@ class Trainer:
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with autocast:
-                    out: StepOutput = model(x, lam)
+                sparse = cfg.step == "sparse" or (
+                    auto_sparse
+                    and self._last_l0 is not None
+                    and self._last_l0 <= self.sae_cfg.d_sae * AUTO_SPARSE_MAX_DENSITY
+                )
+                with autocast if not sparse else contextlib.nullcontext():  # the sparse step runs in fp32
+                    out: StepOutput = model(x, lam, sparse)
+                if auto_sparse:
+                    self._last_l0 = int(out.active.sum()) / out.active.shape[0]
                 out.loss.backward()
                 sae.project_decoder_grad()
                 if cfg.grad_clip is not None:
@@ -262,6 +288,7 @@ class Trainer:
                 if done % cfg.log_every == 0 or done == total:
                     now = time.perf_counter()
                     row = self._metrics_row(done, out, x, lam, lr, window_tokens / (now - window_start), sae, ctx)
+                    row["sparse_step"] = sparse  # which step produced this line's step
                     window_start, window_tokens = now, 0
                     if metrics_file is not None:
                         metrics_file.write(json.dumps(row) + "\n")
