@@ -75,7 +75,7 @@ class SparseJumpReLUStep(torch.autograd.Function):
         needed = sparse.Pattern.of(active | window)  # every entry whose dL/df the backward uses
         is_active = active[needed.rows, needed.cols]  # (n,) bool
         in_window = window[needed.rows, needed.cols]  # (n,) bool
-        on = sparse.Pattern.of(active)
+        on = needed.subset(is_active)  # the active entries, in the same row-major order
         values = pre[on.rows, on.cols]  # (nnz,) f at its active entries
         x_hat = sparse.decode(on, values, w_dec)  # (B, d_in)
         l0 = (on.offsets[1:] - on.offsets[:-1]).to(pre.dtype)  # (B,)

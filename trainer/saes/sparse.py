@@ -35,12 +35,20 @@ class Pattern:
 
     @classmethod
     def of(cls, mask: Tensor) -> Pattern:
-        """The True entries of a (B, d_sae) bool mask."""
+        """The True entries of a (B, d_sae) bool mask (one pass over the mask)."""
         rows, cols = mask.nonzero(as_tuple=True)  # row-major, so each row's columns ascend
-        counts = mask.sum(-1)  # (B,)
-        offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
+        return cls._from_entries(rows, cols, (int(mask.shape[0]), int(mask.shape[1])))
+
+    def subset(self, keep: Tensor) -> Pattern:
+        """The entries where `keep` (nnz,) bool is True, still row-major (no pass over a (B, d_sae) mask)."""
+        return self._from_entries(self.rows[keep], self.cols[keep], self.shape)
+
+    @classmethod
+    def _from_entries(cls, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> Pattern:
+        counts = torch.bincount(rows, minlength=shape[0])  # (B,): entries per row, from the nnz rows alone
+        offsets = torch.zeros(shape[0] + 1, dtype=torch.int64, device=rows.device)
         torch.cumsum(counts, 0, out=offsets[1:])
-        return cls(rows, cols, offsets, (int(mask.shape[0]), int(mask.shape[1])))
+        return cls(rows, cols, offsets, shape)
 
     def csr(self, values: Tensor) -> Tensor:
         """(B, d_sae) sparse CSR matrix with these values at the pattern's entries."""
