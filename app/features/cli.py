@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -29,10 +30,19 @@ def index(
     bins: Annotated[int, typer.Option(help="Activation histogram bins (even).")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the band sampling.")] = 0,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
+    activations: Annotated[
+        Path | None,
+        typer.Option(
+            help="Index from a harvest's activation cache (`jumpscope cache`, the demo's, a sweep's) with no model "
+            "forward pass; the cache's dataset, split and context size apply."
+        ),
+    ] = None,
 ) -> None:
     """Stream text through an SAE's model and the SAE once, and store every feature's statistics and examples.
 
-    A rerun replaces the old index atomically; an interrupted run leaves the previous index in place.
+    With --activations DIR the model is not run: the SAE reads a harvested cache of its own model, layer
+    and site, and the index equals the live pass's over the same tokens. A rerun replaces the old index
+    atomically; an interrupted run leaves the previous index in place.
     """
     import signal
 
@@ -46,12 +56,14 @@ def index(
     for flag, value, least in checks:
         if value < least:
             raise fail(f"{flag} must be at least {least}, got {value}")
+    if activations is not None and (dataset is not None or split != "train" or text_column != "text"):
+        raise fail("--activations indexes the cache's own text: leave out --dataset, --split and --text-column")
     if bins % 2:
         raise fail(f"--bins must be even (bins merge pairwise when the range doubles), got {bins}")
     engine = open_store()
     opts = IndexOptions(
         tokens=tokens, dataset=dataset, text_column=text_column, split=split, context_size=context_size,
-        batch_sequences=model_batch, device=device, progress=True,
+        batch_sequences=model_batch, device=device, progress=True, activations=activations,
         stats=StatsConfig(top_k=top_k, window=window, n_bands=bands, band_size=band_size, n_bins=bins, seed=seed),
     )  # fmt: skip
 

@@ -1,6 +1,7 @@
 """`jumpscope index NAME`: one streaming pass through model and SAE, stored atomically.
 
-The pass (trainer.analysis.index_pass) gathers every feature's statistics in tensors; this module
+The pass (trainer.analysis.index_pass) gathers every feature's statistics in tensors, from the
+model's forward pass or, with `activations`, from a harvest's cache with no forward pass; this module
 writes them under a new `index_runs` row in batches, then switches `saes.index_run_id` to
 it in one transaction and drops the previous run. Readers follow `saes.index_run_id`, so
 an interrupted run (Ctrl-C, SIGTERM, kill -9, a crash) leaves the previous complete index
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,9 @@ class IndexOptions:
     batch_sequences: int = 8
     stats: StatsConfig = field(default_factory=StatsConfig)
     """What is kept per feature: top-K and band examples, their window, histogram bins, seed."""
+    activations: Path | None = None
+    """A harvest's cache (shards with token rows) to index from instead of running the model; its
+    own dataset, split and context size apply, and it must come from the SAE's model, layer and site."""
     write_batch: int = 256
     """Features per write transaction."""
     device: str = "auto"
@@ -101,6 +106,7 @@ def index_sae(
     interrupted-write path).
     """
     from trainer.analysis.index_pass import IndexPassConfig, run_index_pass
+    from trainer.data.activations import ShardSource
     from trainer.data.text import default_context_size
     from trainer.device import resolve_device
     from trainer.lm.models import load_model
@@ -118,15 +124,27 @@ def index_sae(
             opts.dataset if opts.dataset is not None else (None if sae.dataset in (None, "packaged") else sae.dataset)
         )
         loaded_sae = load_registered(sae)
+    shards = None
+    split, text_column, context = opts.split, opts.text_column, opts.context_size
+    if opts.activations is not None:
+        shards = ShardSource(opts.activations)
+        _check_cache(shards, name, model=model_name, layer=layer, site=site, d_in=loaded_sae.sae.cfg.d_in,
+                     context_size=opts.context_size)  # fmt: skip
+        meta = shards.meta
+        dataset = None if meta.get("dataset") in (None, "packaged") else str(meta["dataset"])
+        split, text_column = str(meta.get("split", "train")), str(meta.get("text_column", "text"))
+        context = int(meta["context_size"])
     device = resolve_device(opts.device)
     lm = load_model(model_name, device=device)
-    context = opts.context_size or sae_context or default_context_size(device)
+    context = context or sae_context or default_context_size(device)
     pass_cfg = IndexPassConfig(
-        tokens=opts.tokens, dataset=dataset, text_column=opts.text_column, split=opts.split, context_size=context,
+        tokens=opts.tokens, dataset=dataset, text_column=text_column, split=split, context_size=context,
         batch_sequences=opts.batch_sequences, stats=opts.stats,
     )  # fmt: skip
-    params = {**asdict(pass_cfg.stats), "context_size": context, "split": opts.split, "model": model_name,
-              "text_column": opts.text_column, **opts.extra}  # fmt: skip
+    params = {**asdict(pass_cfg.stats), "context_size": context, "split": split, "model": model_name,
+              "text_column": text_column, **opts.extra}  # fmt: skip
+    if shards is not None:
+        params["activations"] = str(opts.activations)
     with session_scope(engine) as session:
         run = IndexRun(sae_id=sae_id, status="building", dataset=dataset or "packaged", params=params)
         session.add(run)
@@ -142,7 +160,7 @@ def index_sae(
             if on_progress is not None:
                 on_progress(done, total)
 
-        result = _stream(lm, loaded_sae.sae, layer, site, pass_cfg, opts, progress, run_index_pass)
+        result = _stream(lm, loaded_sae.sae, layer, site, pass_cfg, opts, progress, run_index_pass, shards)
         vocab = token_strings(lm.tokenizer)
         start = time.perf_counter()
         with session_scope(engine) as session:
@@ -192,21 +210,52 @@ def write_rows(
 
 
 def _stream(lm: Any, sae: Any, layer: int, site: str, pass_cfg: Any, opts: IndexOptions,
-            on_progress: Callable[[int, int], None] | None, run_index_pass: Any) -> Any:  # fmt: skip
+            on_progress: Callable[[int, int], None] | None, run_index_pass: Any, shards: Any) -> Any:  # fmt: skip
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=opts.tokens, unit="tok", unit_scale=True, disable=not opts.progress,
-               desc=f"index {lm.name} L{layer} {site}")  # fmt: skip
+    from trainer.analysis.index_pass import run_cached_index_pass
+
+    total = opts.tokens if shards is None else min(opts.tokens, shards.n_tokens)
+    where = " (from the cache)" if shards is not None else ""
+    bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not opts.progress,
+               desc=f"index {lm.name} L{layer} {site}{where}")  # fmt: skip
 
     def on_batch(seen: int) -> None:
-        bar.update(min(seen, opts.tokens) - bar.n)
+        bar.update(min(seen, total) - bar.n)
         if on_progress is not None:
-            on_progress(seen, opts.tokens)
+            on_progress(min(seen, total), total)
 
     try:
+        if shards is not None:
+            return run_cached_index_pass(lm, sae, shards, layer=layer, site=site, cfg=pass_cfg, on_batch=on_batch)
         return run_index_pass(lm, sae, layer=layer, site=site, cfg=pass_cfg, on_batch=on_batch)
     finally:
         bar.close()
+
+
+def _check_cache(shards: Any, name: str, *, model: str, layer: int, site: str, d_in: int,
+                 context_size: int | None) -> None:  # fmt: skip
+    """A cache that an SAE can be indexed from: token rows of the SAE's own model, layer, site and width."""
+    from trainer.data.activations import ActivationError
+
+    meta = shards.meta
+    if not shards.token_rows or meta.get("context_size") is None or meta.get("sequences") is None:
+        raise ActivationError(
+            f"{shards.folder} holds activations without token rows: index {name!r} with the model (no "
+            "--activations), or harvest again with `jumpscope cache`, whose shards carry them"
+        )
+    wanted = {"model": model, "layer": layer, "site": site}
+    for key, value in wanted.items():
+        if meta.get(key) != value:
+            raise ActivationError(
+                f"{shards.folder} holds {key} {meta.get(key)!r} activations; SAE {name!r} reads {key} {value!r}"
+            )
+    if shards.d_in != d_in:
+        raise ActivationError(f"{shards.folder} holds {shards.d_in}-wide activations; SAE {name!r} reads {d_in}")
+    if context_size is not None and context_size != meta["context_size"]:
+        raise ActivationError(
+            f"--context-size {context_size} differs from the cache's {meta['context_size']}-token sequences"
+        )
 
 
 def _drop_run(engine: Engine, run_id: int) -> None:

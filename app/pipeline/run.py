@@ -234,13 +234,15 @@ def index_step(
     tokens: int,
     device: str = "auto",
     progress: bool = False,
+    activations: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IndexSummary:
     """Index the registered SAE `name` on `tokens` tokens of the packaged corpus (or its own
-    dataset); on_progress(tokens done, tokens in all) as it streams."""
+    dataset), or, with `activations`, of that harvest's cache with no model pass;
+    on_progress(tokens done, tokens in all) as it streams."""
     from app.features.indexer import IndexOptions, index_sae
 
-    opts = IndexOptions(tokens=tokens, device=device, progress=progress)
+    opts = IndexOptions(tokens=tokens, device=device, progress=progress, activations=activations)
     return index_sae(engine, name, opts, on_progress=on_progress)
 
 
@@ -265,6 +267,7 @@ def run_pipeline(
     replace: bool = False,
     evaluate: bool = True,
     index_tokens: int = 0,
+    index_activations: Path | None = None,
     reuse: bool = False,
     retrain: bool = False,
     progress: bool = False,
@@ -273,7 +276,8 @@ def run_pipeline(
     """Train, evaluate, register and index one SAE; every step runs on plan.train.device.
 
     name and replace: as in `register_step`. evaluate: measure the SAE (EVAL_TOKENS,
-    EVAL_LM_TOKENS) and store the metrics with it. index_tokens: index it afterwards (0: no).
+    EVAL_LM_TOKENS) and store the metrics with it. index_tokens: index it afterwards (0: no),
+    from the harvest at index_activations when given (no model pass; `index_step`).
     reuse: keep each finished stage and skip it next time: weights in out_dir skip training,
     out_dir/eval.json (written by the evaluation) skips evaluating, and an SAE of this name that
     is already indexed skips registering and indexing, unless this call trained. retrain: train
@@ -326,6 +330,6 @@ def run_pipeline(
     begin(Stage.INDEX, done or index_tokens <= 0)
     if not done and index_tokens > 0:
         summary = index_step(engine=engine, name=name, tokens=index_tokens, device=device, progress=progress,
-                             on_progress=hooks.on_index_progress)  # fmt: skip
+                             activations=index_activations, on_progress=hooks.on_index_progress)  # fmt: skip
         run.indexed_tokens = summary.tokens
     return run

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
-
     from trainer.data.activations import ActivationSource, ShardSource
     from trainer.formats.native import SAEMetadata
     from trainer.lm.source import LMActivationSource
@@ -98,25 +96,33 @@ def metadata_from_shards(shards: ShardSource) -> SAEMetadata:
 def write_activation_cache(
     lm: LMActivationSource, out: Path, *, shard_tokens: int = 262_144, bf16: bool = False
 ) -> int:
-    """Harvest lm's activations (up to lm.cfg.max_tokens) into shards at out, with a progress bar."""
+    """Harvest lm's activations (up to lm.cfg.max_tokens) into shards at out, with a progress bar.
+
+    The shards carry token rows (trainer.data.activations.TokenRows) and the folder the document
+    ids, so that an SAE can be indexed from it with no model pass (`jumpscope index --activations`).
+    """
     import torch
     from tqdm.auto import tqdm
 
-    from trainer.data.activations import write_shards
+    from trainer.data.activations import TokenRows, write_shards
+    from trainer.lm.source import TokenRowHarvest
 
     meta = {k: v for k, v in asdict(lm_metadata(lm)).items() if k not in ("extra", "normalization_scale")}
     meta |= {"tokens_trained": None, "text_column": lm.cfg.text_column, "split": lm.cfg.split}
     bar = tqdm(total=lm.cfg.max_tokens, unit="tok", unit_scale=True,
                desc=f"cache {lm.loaded.name} L{lm.cfg.layer} {lm.cfg.site}")  # fmt: skip
 
-    def counted(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    harvest = TokenRowHarvest(lm)
+
+    def counted(chunks: Iterator[TokenRows]) -> Iterator[TokenRows]:
         for chunk in chunks:
-            bar.update(chunk.shape[0])
+            bar.update(len(chunk))
             yield chunk
 
     try:
-        return write_shards(out, counted(iter(lm)), meta, shard_tokens=shard_tokens,
-                            dtype=torch.bfloat16 if bf16 else torch.float32)  # fmt: skip
+        return write_shards(out, counted(iter(harvest)), meta, shard_tokens=shard_tokens,
+                            dtype=torch.bfloat16 if bf16 else torch.float32,
+                            finish=lambda: (harvest.meta(), harvest.documents))  # fmt: skip
     finally:
         bar.close()
 

@@ -5,6 +5,11 @@ SAE's encoder, and every batch of feature activations (B, S, d_sae) updates one
 `FeatureStats` for all features at once. Afterwards the decoder gives each feature's output
 tokens (logit lens) and its most similar features. No database here: the caller stores the
 result (app.features.indexer).
+
+`run_cached_index_pass` does the same from a harvest's activation cache with no model forward
+pass (the model only lends its unembedding to the logit lens): the packed sequences are rebuilt
+from the cache's token rows (trainer.data.sequences) and go through the SAE and the statistics in
+the same batches, so the same tokens give the same index.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from torch import Tensor
 
 from trainer.analysis.feature_stats import FeatureStats, FeatureStatsResult, StatsConfig
 from trainer.analysis.logit_lens import output_tokens, similar_features
+from trainer.data.activations import ShardSource
+from trainer.data.sequences import cached_batches
 from trainer.data.text import Document, batch_sequences, iter_documents, pack_tokens
 from trainer.lm.models import LoadedModel
 from trainer.lm.sites import check_site, harvest
@@ -81,6 +88,11 @@ def _recording(docs: Iterable[Document], ids: list[str]) -> Iterator[Document]:
         yield doc
 
 
+def _check_tokens(cfg: IndexPassConfig) -> None:
+    if cfg.tokens < 1:
+        raise ValueError(f"tokens must be at least 1, got {cfg.tokens}")
+
+
 def run_index_pass(
     lm: LoadedModel,
     sae: SAE,
@@ -92,24 +104,77 @@ def run_index_pass(
 ) -> IndexPassResult:
     """Stream cfg.tokens tokens through model and SAE; on_batch(tokens_so_far) after each batch."""
     check_site(lm.model, layer, site)
+    _check_tokens(cfg)
     device = next(lm.model.parameters()).device
-    sae = sae.to(device).eval()
-    if cfg.tokens < 1:
-        raise ValueError(f"tokens must be at least 1, got {cfg.tokens}")
     documents: list[str] = []
     docs = _recording(iter_documents(cfg.dataset, text_column=cfg.text_column, split=cfg.split), documents)
-    batches = batch_sequences(pack_tokens(docs, lm.tokenizer, cfg.context_size), cfg.batch_sequences)
+    packed = batch_sequences(pack_tokens(docs, lm.tokenizer, cfg.context_size), cfg.batch_sequences)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        for batch in packed:
+            ids = batch.input_ids.to(device)  # (B, S)
+            acts = harvest(lm.model, ids, batch.attention_mask.to(device), layer, site)  # (B, S, d_in)
+            yield acts, ids, batch.doc_index.to(device), batch.special.to(device)
+
+    return _index(lm, sae, batches(), documents, layer=layer, site=site, cfg=cfg, device=device, on_batch=on_batch)
+
+
+def run_cached_index_pass(
+    lm: LoadedModel,
+    sae: SAE,
+    shards: ShardSource,
+    *,
+    layer: int,
+    site: str,
+    cfg: IndexPassConfig,
+    on_batch: Callable[[int], None] | None = None,
+) -> IndexPassResult:
+    """`run_index_pass` over a harvest's cache instead of the model's forward pass.
+
+    The cache's own context size, dataset and split apply (cfg's are ignored); it must hold token
+    rows (trainer.data.sequences) of the SAE's width. lm is not run, only its unembedding read.
+    """
+    check_site(lm.model, layer, site)
+    _check_tokens(cfg)
+    if shards.d_in != sae.cfg.d_in:
+        raise ValueError(
+            f"d_in mismatch: the cache's activations are {shards.d_in} wide, the SAE expects {sae.cfg.d_in}"
+        )
+    device = next(lm.model.parameters()).device
+    documents = shards.documents()
+
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        for batch in cached_batches(shards, cfg.batch_sequences):
+            yield (batch.activations.to(device), batch.input_ids.to(device), batch.doc_index.to(device),
+                   batch.special.to(device))  # fmt: skip
+
+    return _index(lm, sae, batches(), documents, layer=layer, site=site, cfg=cfg, device=device, on_batch=on_batch)
+
+
+def _index(
+    lm: LoadedModel,
+    sae: SAE,
+    batches: Iterator[tuple[Tensor, Tensor, Tensor, Tensor]],
+    documents: list[str],
+    *,
+    layer: int,
+    site: str,
+    cfg: IndexPassConfig,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None,
+) -> IndexPassResult:
+    """Statistics over (acts (B, S, d_in), token ids, doc ids, special) batches until cfg.tokens, then
+    the decoder's output tokens and similar features."""
+    sae = sae.to(device).eval()
     stats = FeatureStats(sae.cfg.d_sae, cfg.stats, device)
     start = time.perf_counter()
     seen = 0
     with torch.no_grad():
-        for batch in batches:
-            ids = batch.input_ids.to(device)  # (B, S)
-            acts = harvest(lm.model, ids, batch.attention_mask.to(device), layer, site)  # (B, S, d_in)
+        for acts, ids, doc_index, special in batches:
             b, s, d = acts.shape
             f = sae.encode(acts.reshape(b * s, d).float()).view(b, s, -1)  # (B, S, F)
-            stats.update(f, ids, batch.doc_index.to(device), batch.special.to(device))
-            seen += int((~batch.special).sum())
+            stats.update(f, ids, doc_index, special)
+            seen += int((~special).sum())
             if on_batch is not None:
                 on_batch(seen)
             if seen >= cfg.tokens:

@@ -3,7 +3,12 @@
 A source is deterministic given its seed, so a resumed run can replay it to the exact
 batch it stopped at. Sources here: activation shards on disk (interface.md), an in-memory
 tensor, and a synthetic generator with a known sparse dictionary. The live language-model
-source (issue 3) implements the same `ActivationSource` protocol.
+source (trainer.lm.source) implements the same `ActivationSource` protocol.
+
+Shards a harvest writes also carry, row for row, where each activation came from
+(`TokenRows`): its token id, its document (an index into the cache's `documents.json`), its
+packed sequence and its position there. With them an SAE can be indexed from the cache
+without running the model again (trainer.data.sequences rebuilds the packed sequences).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -134,6 +139,47 @@ class SyntheticSource:
 
 
 SHARD_TENSOR = "activations"
+TOKEN_IDS = "token_ids"
+DOC_IDS = "doc_ids"
+SEQ_IDS = "seq_ids"
+POSITIONS = "positions"
+ROW_TENSORS = (TOKEN_IDS, DOC_IDS, SEQ_IDS, POSITIONS)
+"""The per-row tensors beside `activations` in a harvest's shards, all (n_tokens,)."""
+_ROW_DTYPES = {TOKEN_IDS: torch.int32, DOC_IDS: torch.int64, SEQ_IDS: torch.int64, POSITIONS: torch.int32}
+DOCUMENTS_FILE = "documents.json"
+"""The document ids (a JSON list) that a harvest's `doc_ids` index into."""
+
+
+@dataclass
+class TokenRows:
+    """Activation rows and where each came from; every tensor has n rows, special tokens excluded."""
+
+    activations: Tensor
+    """(n, d_in) float."""
+    token_ids: Tensor
+    """(n,) int64 token id."""
+    doc_ids: Tensor
+    """(n,) int64 document: an index into the list of document ids (the cache's documents.json)."""
+    seq_ids: Tensor
+    """(n,) int64 packed sequence, counted from 0 over the whole harvest (non-decreasing)."""
+    positions: Tensor
+    """(n,) int64 position within that sequence (BOS, when prepended, is position 0)."""
+
+    def __len__(self) -> int:
+        return int(self.activations.shape[0])
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The rows as shard tensors, by name."""
+        return {SHARD_TENSOR: self.activations, TOKEN_IDS: self.token_ids, DOC_IDS: self.doc_ids,
+                SEQ_IDS: self.seq_ids, POSITIONS: self.positions}  # fmt: skip
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> TokenRows:
+        return cls(tensors[SHARD_TENSOR], *(tensors[name].long() for name in ROW_TENSORS))
+
+    def head(self, n: int) -> TokenRows:
+        """The first n rows."""
+        return TokenRows.from_tensors({name: t[:n] for name, t in self.tensors().items()})
 
 
 def _shard_files(folder: Path) -> list[Path]:
@@ -160,17 +206,28 @@ class ShardSource:
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         widths = set()
         self.n_tokens = 0
+        with_rows = []
         for path in self.files:
             with safe_open(path, framework="pt") as shard:
-                if SHARD_TENSOR not in shard.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                keys = set(shard.keys())
+                if SHARD_TENSOR not in keys:
                     raise ActivationError(
-                        f"shard {path.name} has no '{SHARD_TENSOR}' tensor (found: {', '.join(shard.keys()) or 'none'})"
+                        f"shard {path.name} has no '{SHARD_TENSOR}' tensor (found: {', '.join(sorted(keys)) or 'none'})"
                     )
                 shape = shard.get_slice(SHARD_TENSOR).get_shape()
+                row_shapes = {name: shard.get_slice(name).get_shape() for name in ROW_TENSORS if name in keys}
             if len(shape) != 2:
                 raise ActivationError(f"shard {path.name}: '{SHARD_TENSOR}' must be 2-D (n_tokens, d_in), got {shape}")
+            for name, row_shape in row_shapes.items():
+                if list(row_shape) != [shape[0]]:
+                    raise ActivationError(
+                        f"shard {path.name}: '{name}' must be ({shape[0]},) like its activations, got {row_shape}"
+                    )
+            with_rows.append(len(row_shapes) == len(ROW_TENSORS))
             widths.add(shape[1])
             self.n_tokens += shape[0]
+        self.token_rows = all(with_rows)
+        """Every shard carries token_ids, doc_ids, seq_ids and positions (a harvest's cache)."""
         if len(widths) != 1:
             raise ActivationError(f"shards in {self.folder} disagree on d_in: {sorted(widths)}")
         self.d_in = widths.pop()
@@ -189,48 +246,91 @@ class ShardSource:
             if not self.loop:
                 return
 
+    def rows(self) -> Iterator[TokenRows]:
+        """The shards in order as `TokenRows` (activations as float32); needs `token_rows`."""
+        if not self.token_rows:
+            raise ActivationError(
+                f"the shards in {self.folder} carry no {', '.join(ROW_TENSORS)}: harvest them again with "
+                "`jumpscope cache` (or index with the model instead)"
+            )
+        for path in self.files:
+            with safe_open(path, framework="pt") as shard:
+                rows = TokenRows.from_tensors({name: shard.get_tensor(name) for name in (SHARD_TENSOR, *ROW_TENSORS)})
+            rows.activations = rows.activations.float()
+            if not torch.isfinite(rows.activations).all():
+                raise ActivationError(f"shard {path.name} contains NaN or infinite activations")
+            yield rows
+
+    def documents(self) -> list[str]:
+        """The document ids the shards' doc_ids index into (documents.json)."""
+        path = self.folder / DOCUMENTS_FILE
+        if not path.exists():
+            raise ActivationError(f"{self.folder} has no {DOCUMENTS_FILE}: harvest it again with `jumpscope cache`")
+        try:
+            documents = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ActivationError(f"{path} is not a JSON list of document ids ({error})") from None
+        if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+            raise ActivationError(f"{path} is not a JSON list of document ids")
+        return documents
+
 
 def write_shards(
     folder: str | Path,
-    chunks: Iterable[Tensor],
+    chunks: Iterable[Tensor | TokenRows],
     meta: dict[str, Any],
     *,
     shard_tokens: int = 262_144,
     dtype: torch.dtype = torch.float32,
+    finish: Callable[[], tuple[dict[str, Any], list[str] | None]] | None = None,
 ) -> int:
     """Write chunks as activation shards plus meta.json; returns the token count.
 
-    Written into a temporary sibling folder that is renamed into place at the end, so an
-    interrupted cache never looks complete.
+    Chunks are (n, d_in) activations or `TokenRows`, whose per-row tensors go into the shards
+    too. `finish`, called once the chunks run out, gives more meta.json fields and the document
+    ids written to documents.json. Written into a temporary sibling folder that is renamed into
+    place at the end, so an interrupted cache never looks complete.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    pending: list[Tensor] = []
+    pending: list[dict[str, Tensor]] = []
     pending_n = index = total = 0
 
-    def write(data: Tensor) -> None:
+    def write(part: dict[str, Tensor]) -> None:
         nonlocal index
-        save_file({SHARD_TENSOR: data.to(dtype).contiguous()}, str(tmp / f"shard_{index:05d}.safetensors"))
+        tensors = {name: t.to(dtype if name == SHARD_TENSOR else _ROW_DTYPES[name]).cpu().contiguous()
+                   for name, t in part.items()}  # fmt: skip
+        save_file(tensors, str(tmp / f"shard_{index:05d}.safetensors"))
         index += 1
+
+    def joined() -> dict[str, Tensor]:
+        return {name: torch.cat([p[name] for p in pending]) for name in pending[0]}
 
     try:
         for chunk in chunks:
-            pending.append(chunk)
-            pending_n += chunk.shape[0]
-            total += chunk.shape[0]
+            part = chunk.tensors() if isinstance(chunk, TokenRows) else {SHARD_TENSOR: chunk}
+            if pending and part.keys() != pending[0].keys():
+                raise ActivationError("a chunk stream must be all activations or all token rows")
+            n = part[SHARD_TENSOR].shape[0]
+            pending.append(part)
+            pending_n += n
+            total += n
             if pending_n >= shard_tokens:  # cut exactly shard_tokens per file
-                joined = torch.cat(pending)
-                full = (joined.shape[0] // shard_tokens) * shard_tokens
-                for part in joined[:full].split(shard_tokens):
-                    write(part)
-                rest = joined[full:]
-                pending, pending_n = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+                data = joined()
+                full = (pending_n // shard_tokens) * shard_tokens
+                for start in range(0, full, shard_tokens):
+                    write({name: t[start : start + shard_tokens] for name, t in data.items()})
+                rest = {name: t[full:] for name, t in data.items()}
+                pending, pending_n = ([rest], pending_n - full) if pending_n > full else ([], 0)
         if pending_n:
-            write(torch.cat(pending))
+            write(joined())
         if total == 0:
             raise ActivationError("no activations to write: the source yielded no tokens")
-        (tmp / "meta.json").write_text(json.dumps({**meta, "n_tokens": total}, indent=2))
+        more, documents = finish() if finish is not None else ({}, None)
+        if documents is not None:
+            (tmp / DOCUMENTS_FILE).write_text(json.dumps(documents))
+        (tmp / "meta.json").write_text(json.dumps({**meta, **more, "n_tokens": total}, indent=2))
         if folder.exists():
             raise ActivationError(f"{folder} already exists; remove it or choose another folder")
         os.replace(tmp, folder)

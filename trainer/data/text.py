@@ -265,6 +265,30 @@ def _token_id(tokenizer: Any, name: str) -> int | None:
     return int(value) if value is not None else None
 
 
+class SpecialTokens(NamedTuple):
+    """The special tokens `pack_tokens` adds: BOS first (when prepended), the separator after each
+    document, the pad token at the tail of the last sequence."""
+
+    bos: int | None
+    separator: int
+    """EOS, or BOS when the tokenizer has no EOS."""
+    pad: int
+    """The pad token, or the separator when the tokenizer has none."""
+
+
+def special_tokens(tokenizer: Any, *, prepend_bos: bool = True) -> SpecialTokens:
+    """The ids `pack_tokens` uses for a tokenizer (ValueError when it lacks what packing needs)."""
+    bos_id = _token_id(tokenizer, "bos")
+    eos_id = _token_id(tokenizer, "eos")
+    pad_id = _token_id(tokenizer, "pad")
+    if prepend_bos and bos_id is None:
+        raise ValueError("prepend_bos=True needs a tokenizer with a BOS token")
+    separator = eos_id if eos_id is not None else bos_id
+    if separator is None:
+        raise ValueError("packing needs a tokenizer with an EOS or BOS token to separate documents")
+    return SpecialTokens(bos_id, separator, pad_id if pad_id is not None else separator)
+
+
 def _tokenize(tokenizer: Any, texts: list[str], bos_id: int | None) -> list[list[int]]:
     encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
     out = []
@@ -292,15 +316,7 @@ def pack_tokens(
     special-token strings inside a document are tokenised as text, so `special` marks exactly
     the BOS, EOS and pad positions added here.
     """
-    bos_id = _token_id(tokenizer, "bos")
-    eos_id = _token_id(tokenizer, "eos")
-    pad_id = _token_id(tokenizer, "pad")
-    if prepend_bos and bos_id is None:
-        raise ValueError("prepend_bos=True needs a tokenizer with a BOS token")
-    separator = eos_id if eos_id is not None else bos_id
-    if separator is None:
-        raise ValueError("packing needs a tokenizer with an EOS or BOS token to separate documents")
-    pad_id = pad_id if pad_id is not None else separator
+    bos_id, separator, pad_id = special_tokens(tokenizer, prepend_bos=prepend_bos)
     body = context_size - 1 if prepend_bos else context_size
     if body < 1:
         raise ValueError(f"context_size must be at least {2 if prepend_bos else 1}, got {context_size}")

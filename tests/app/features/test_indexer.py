@@ -204,3 +204,60 @@ def test_an_sae_without_a_model_cannot_be_indexed(store: Engine, tmp_path: Path)
         import_sae(session, tmp_path / "src", data_dir=tmp_path / "data", name="bare")
     with pytest.raises(RegistryError, match="--model, --layer and --site"):
         index_sae(store, "bare", opts())
+
+
+def _stored(engine: Engine) -> list[tuple[int, int, float]]:
+    with session_scope(engine) as session:
+        sae = session.scalar(select(SAERow).where(SAERow.name == "tiny"))
+        assert sae is not None and sae.index_run_id is not None
+        rows = session.execute(
+            select(Feature.index, Feature.fire_count, Feature.max_activation)
+            .where(Feature.run_id == sae.index_run_id)
+            .order_by(Feature.index)
+        )
+        return [(int(i), int(c), float(m)) for i, c, m in rows]
+
+
+def test_index_from_a_harvest_stores_what_the_live_pass_stores(
+    registered: tuple[Engine, Any], db_url: str, tiny_model_dir: Path, short_docs: Path, tmp_path: Path
+) -> None:
+    """`jumpscope cache` then `jumpscope index --activations`: no model pass, the same stored index."""
+    engine, _ = registered
+    runner = CliRunner()
+    env = {"DATABASE_URL": db_url, "JUMPSCOPE_DATA_DIR": str(tmp_path / "data")}
+    acts = tmp_path / "acts"
+    cache = ["cache", "--model", str(tiny_model_dir), "--layer", "1", "--site", "resid", "--dataset", str(short_docs),
+             "--context-size", str(CONTEXT), "--tokens", "4000", "--out", str(acts), "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, cache, env=env)
+    assert result.exit_code == 0, result.output
+    index_sae(engine, "tiny", opts(dataset=str(short_docs), context_size=CONTEXT))
+    live = _stored(engine)
+    args = ["index", "tiny", "--activations", str(acts), "--tokens", str(TOKENS), "--device", "cpu", "--top-k", "4",
+            "--window", "16", "--bands", "3", "--band-size", "2", "--bins", "10"]  # fmt: skip
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "indexed tiny" in result.output
+    cached = _stored(engine)
+    assert [r[:2] for r in cached] == [r[:2] for r in live] and sum(r[1] for r in live) > 0
+    assert np.allclose([r[2] for r in cached], [r[2] for r in live], rtol=1e-5)
+    with session_scope(engine) as session:
+        run = session.scalar(select(IndexRun).join(SAERow, SAERow.index_run_id == IndexRun.id))
+        assert run is not None and run.params["activations"] == str(acts)
+
+    other = tmp_path / "layer0"
+    assert runner.invoke(app, [*cache[:4], "0", *cache[5:-3], str(other), "--device", "cpu"], env=env).exit_code == 0
+    plain = tmp_path / "plain"
+    from trainer.data.activations import write_shards
+
+    write_shards(plain, [torch.randn(100, 64)], {"model": str(tiny_model_dir), "layer": 1, "site": "resid"})
+    for bad, message in [
+        (["index", "tiny", "--activations", str(other)], "layer 0 activations; SAE 'tiny' reads layer 1"),
+        (["index", "tiny", "--activations", str(plain)], "without token rows"),
+        (["index", "tiny", "--activations", str(tmp_path / "none")], "does not exist"),
+        (["index", "tiny", "--activations", str(acts), "--dataset", str(short_docs)], "leave out --dataset"),
+        (["index", "tiny", "--activations", str(acts), "--context-size", "16"], "differs from the cache's"),
+    ]:
+        result = runner.invoke(app, bad, env=env)
+        assert result.exit_code == 2, (bad, result.output)
+        assert message in " ".join(result.output.split()), (bad, result.output)
+    assert _stored(engine) == cached  # nothing a refused run did reached the index

@@ -91,7 +91,9 @@ def test_demo_runs_its_stages_once_and_a_second_run_reuses_them(tiny_model_dir: 
     assert "delta_lm_loss" in first.stdout
     assert "demo stage times" in first.stderr
     timed = json.loads((tmp_path / "demo" / "timings.json").read_text())
-    assert set(timed) == {"load model", "harvest", "train", "evaluate", "register"}
+    assert set(timed) == {"load model", "harvest", "train", "evaluate", "register", "index"}
+    assert "from its harvest (no model pass)" in first.stderr
+    assert "x the harvest" in " ".join(first.stderr.split())
     assert all(seconds > 0 for seconds in timed.values())
     second = run(*args, env=env)
     assert second.returncode == 0, second.stderr
