@@ -111,6 +111,13 @@ def sweep_command(
         typer.Option("--register/--no-register", help="Store the SAEs and the sweep in the database (DATABASE_URL)."),
     ] = True,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    index_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Index every SAE on this many tokens of the sweep's cache (no model pass), to browse and rate "
+            "their features side by side; 0: no index."
+        ),
+    ] = 0,
 ) -> None:
     """Train JumpReLU, ReLU, TopK and Gated SAEs at several sparsities on one activation cache and compare them.
 
@@ -155,7 +162,10 @@ def sweep_command(
             site=site,
             device=device,
             config=cfg,
+            index_tokens=index_tokens,
         )
+        if index_tokens < 0 or (index_tokens and not register):
+            raise ValueError("--index-tokens must be 0 or more, and indexing needs --register")
     except (ValueError, RegistryError) as err:
         raise fail(str(err)) from None
     settings = Settings()

@@ -7,7 +7,9 @@ Stages, each resumable (run the same command again after an interruption):
 3. evaluate them all on the same held-out activations and predictions;
 4. write OUT/results.json, OUT/results.csv and the plots OUT/fvu.svg, OUT/delta_lm_loss.svg;
 5. register every SAE (the pipeline's register step) and the sweep (points, budget, plots) in the
-   database, in one transaction.
+   database, in one transaction;
+6. with `index_tokens`, index every SAE from the cache of stage 1 (the pipeline's index step, with no
+   model pass), so their features can be browsed and rated side by side.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sqlalchemy.engine import Engine
 from app.catalog.saes import check_name
 from app.core.database import session_scope
 from app.core.tables import Sweep, SweepPointRow
-from app.pipeline.run import SHUFFLE_BUFFER, TrainingPlan, register_step, train_step
+from app.pipeline.run import SHUFFLE_BUFFER, TrainingPlan, index_step, register_step, train_step
 from app.pipeline.stages import lm_source, metadata_from_shards, write_activation_cache
 from app.sweeps.results import PLOTS, plots, results_csv, results_doc
 from trainer.data.activations import ShardSource
@@ -55,6 +57,8 @@ class SweepOptions:
     """auto = CUDA when present."""
     config: SweepConfig = field(default_factory=SweepConfig)
     """Width, tokens, recipe, seed, evaluation sizes and the grid."""
+    index_tokens: int = 0
+    """Index every registered SAE on this many tokens of the cache (no model pass; 0: no index)."""
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -192,7 +196,30 @@ def run_sweep(
     if engine is not None:
         store_sweep(engine, doc, dirs=dirs, data_dir=data_dir, svgs=svgs)
         log(f"registered {len(rows)} SAEs and sweep {opts.name!r}: /compare/{opts.name}")
+        if opts.index_tokens > 0:
+            index_all(engine, list(dirs), acts, tokens=opts.index_tokens, device=opts.device, log=log,
+                      progress=progress)  # fmt: skip
     return doc
+
+
+def index_all(
+    engine: Engine,
+    names: list[str],
+    acts: Path,
+    *,
+    tokens: int,
+    device: str,
+    log: Callable[[str], None],
+    progress: bool,
+) -> None:
+    """Index every SAE of the sweep from its activation cache (with the model when the cache is older
+    than token rows)."""
+    cached = ShardSource(acts).token_rows
+    source = "the cache (no model pass)" if cached else "the model (the cache has no token rows)"
+    for i, name in enumerate(names):
+        log(f"indexing [{i + 1}/{len(names)}] {name} on {tokens:,} tokens from {source}")
+        index_step(engine=engine, name=name, tokens=tokens, device=device, progress=progress,
+                   activations=acts if cached else None)  # fmt: skip
 
 
 def budget(timings: dict[str, float], points: list[SweepPoint]) -> dict[str, float]:

@@ -50,7 +50,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One tiny sweep through the real CLI, registered in a SQLite store."""
     folder = tmp_path_factory.mktemp("sweep")
     env = {"DATABASE_URL": f"sqlite:///{folder / 'cli.db'}", "JUMPSCOPE_DATA_DIR": str(folder / "data")}
-    result = run("sweep", "--tiny", "--out", str(folder / "run"), *SIZES, env=env)
+    result = run("sweep", "--tiny", "--out", str(folder / "run"), *SIZES, "--index-tokens", "600", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"folder": folder, "out": folder / "run", "env": env, "stdout": result.stdout, "stderr": result.stderr}
 
@@ -118,6 +118,7 @@ def test_other_settings_in_the_same_folder_are_refused(swept: dict[str, Any]) ->
         (["--set", "bandwidth"], "--set takes FIELD=VALUE"),
         (["--set", "d_sae=9"], "cannot override d_sae: allowed are"),
         (["--epochs", "0"], "epochs must be in (0, 100]"),
+        (["--index-tokens", "500"], "indexing needs --register"),
     ],
 )
 def test_bad_options_get_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -163,6 +164,10 @@ def test_the_cli_registered_every_sae_and_the_sweep(swept: dict[str, Any]) -> No
             slug = SweepPoint(point.architecture, point.value).slug
             assert point.sae is not None and point.sae.name == f"pareto-tiny-{slug}"
             assert point.sae.architecture == point.architecture and point.sae.metrics["l0"] == point.metrics["l0"]
+            # --index-tokens: indexed from the sweep's own cache, with no model pass
+            assert point.sae.index_run is not None and point.sae.indexed_tokens >= 600
+            assert point.sae.index_run.params["activations"] == str(swept["out"] / "activations")
+    assert "from the cache (no model pass)" in swept["stderr"]
 
 
 def test_storing_again_replaces_the_sweep_and_keeps_one_row_per_point(stored: tuple[str, Path], swept: dict) -> None:
