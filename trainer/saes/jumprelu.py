@@ -68,7 +68,8 @@ class SparseJumpReLUStep(torch.autograd.Function):
         ctx, x: Tensor, w_enc: Tensor, bias: Tensor, threshold: Tensor, w_dec: Tensor, bandwidth: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         # x (B, d_in), w_enc (d_in, d_sae), bias (d_sae,), threshold (d_sae,), w_dec (d_sae, d_in)
-        pre = torch.addmm(bias, x, w_enc)  # (B, d_sae): the one dense matmul
+        # (B, d_sae): the one dense matmul (bf16 under autocast); everything after it in fp32
+        pre = torch.addmm(bias, x, w_enc).float()
         diff = pre - threshold  # (B, d_sae)
         active = diff > 0  # (B, d_sae) bool: H, strict
         window = diff.abs_() < bandwidth / 2  # (B, d_sae) bool: K((pre - theta) / eps) = 1
@@ -83,16 +84,19 @@ class SparseJumpReLUStep(torch.autograd.Function):
         ctx.patterns = (on, needed)
         ctx.bandwidth = bandwidth
         ctx.mark_non_differentiable(active)
+        ctx.set_materialize_grads(False)  # no (B, d_sae) zeros for the mask's gradient
         return x_hat, l0, active
 
     @staticmethod
     def backward(
-        ctx, grad_x_hat: Tensor, grad_l0: Tensor, _grad_active: Tensor
+        ctx, grad_x_hat: Tensor | None, grad_l0: Tensor | None, _grad_active: None
     ) -> tuple[None, Tensor, Tensor, Tensor, Tensor, None]:
         x, threshold, w_dec, values, is_active, in_window = ctx.saved_tensors
         on, needed = ctx.patterns
         eps = ctx.bandwidth
-        grad_x_hat = grad_x_hat.contiguous()
+        # grads are not materialised: an unused output's is None
+        grad_x_hat = torch.zeros_like(x) if grad_x_hat is None else grad_x_hat.contiguous()
+        grad_l0 = x.new_zeros(on.shape[0]) if grad_l0 is None else grad_l0
         grad_f = sparse.sampled_products(needed, grad_x_hat, w_dec)  # (n,): dL/df at the needed entries
         # dL/dpre = dL/df where active (d f / d pre = H); the active entries of `needed` are
         # exactly `on`'s, in the same row-major order.

@@ -22,7 +22,8 @@ class SparseReLUStep(torch.autograd.Function):
         ctx, x: Tensor, w_enc: Tensor, bias: Tensor, w_dec: Tensor, norms: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         # x (B, d_in), w_enc (d_in, d_sae), bias (d_sae,), w_dec (d_sae, d_in), norms (d_sae,)
-        pre = torch.addmm(bias, x, w_enc)  # (B, d_sae): the one dense matmul
+        # (B, d_sae): the one dense matmul (bf16 under autocast); everything after it in fp32
+        pre = torch.addmm(bias, x, w_enc).float()
         active = pre > 0  # (B, d_sae) bool
         on = sparse.Pattern.of(active)
         values = pre[on.rows, on.cols]  # (nnz,) f at its active entries
@@ -32,15 +33,18 @@ class SparseReLUStep(torch.autograd.Function):
         ctx.save_for_backward(x, w_dec, norms, values)
         ctx.pattern = on
         ctx.mark_non_differentiable(active)
+        ctx.set_materialize_grads(False)  # no (B, d_sae) zeros for the mask's gradient
         return x_hat, weighted, active
 
     @staticmethod
     def backward(
-        ctx, grad_x_hat: Tensor, grad_weighted: Tensor, _grad_active: Tensor
+        ctx, grad_x_hat: Tensor | None, grad_weighted: Tensor | None, _grad_active: None
     ) -> tuple[None, Tensor, Tensor, Tensor, Tensor]:
         x, w_dec, norms, values = ctx.saved_tensors
         on = ctx.pattern
-        grad_x_hat = grad_x_hat.contiguous()
+        # grads are not materialised: an unused output's is None
+        grad_x_hat = torch.zeros_like(x) if grad_x_hat is None else grad_x_hat.contiguous()
+        grad_weighted = x.new_zeros(on.shape[0]) if grad_weighted is None else grad_weighted
         # dL/df = (dL/dx_hat) . d_i + (dL/dweighted) ||d_i||, needed at the active entries only
         grad_f = sparse.sampled_products(on, grad_x_hat, w_dec) + grad_weighted[on.rows] * norms[on.cols]
         grad_w_enc, grad_bias, grad_w_dec = sparse.weight_grads(

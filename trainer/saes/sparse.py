@@ -39,6 +39,15 @@ class Pattern:
         rows, cols = mask.nonzero(as_tuple=True)  # row-major, so each row's columns ascend
         return cls._from_entries(rows, cols, (int(mask.shape[0]), int(mask.shape[1])))
 
+    @classmethod
+    def of_columns(cls, cols: Tensor, width: int) -> Pattern:
+        """The entries cols[r, j] of a (B, width) matrix: cols (B, n) int64 holds n distinct columns
+        per row, ascending within each row (e.g. sorted top-k indices); no pass over a (B, width) mask."""
+        batch, n = int(cols.shape[0]), int(cols.shape[1])
+        rows = torch.arange(batch, device=cols.device).repeat_interleave(n)  # (B * n,)
+        offsets = torch.arange(batch + 1, device=cols.device) * n  # (B + 1,): every row holds n entries
+        return cls(rows, cols.reshape(-1), offsets, (batch, width))
+
     def subset(self, keep: Tensor) -> Pattern:
         """The entries where `keep` (nnz,) bool is True, still row-major (no pass over a (B, d_sae) mask)."""
         return self._from_entries(self.rows[keep], self.cols[keep], self.shape)

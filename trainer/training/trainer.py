@@ -10,7 +10,6 @@ DDP averages the gradients, so the run matches one process on the same global ba
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -193,8 +192,7 @@ class Trainer:
             raise ValueError(
                 f"{self.sae_cfg.architecture} SAEs have no sparse training step yet: use --step dense or auto"
             )
-        autocast_on = cfg.autocast_bf16 and ctx.device.type == "cuda"
-        auto_sparse = cfg.step == "auto" and sae.has_sparse_step and not autocast_on
+        auto_sparse = cfg.step == "auto" and sae.has_sparse_step
         self._last_l0 = None
 
         if resume:
@@ -265,7 +263,7 @@ class Trainer:
                     and self._last_l0 is not None
                     and self._last_l0 <= self.sae_cfg.d_sae * AUTO_SPARSE_MAX_DENSITY
                 )
-                with autocast if not sparse else contextlib.nullcontext():  # the sparse step runs in fp32
+                with autocast:  # the sparse step runs its encoder matmul in bf16 under autocast, the rest in fp32
                     out: StepOutput = model(x, lam, sparse)
                 if auto_sparse:
                     self._last_l0 = int(out.active.sum()) / out.active.shape[0]
