@@ -192,7 +192,10 @@ class Trainer:
             raise ValueError(
                 f"{self.sae_cfg.architecture} SAEs have no sparse training step yet: use --step dense or auto"
             )
-        auto_sparse = cfg.step == "auto" and sae.has_sparse_step
+        # Under bf16 autocast on a GPU the dense step's tensor-core matmuls beat the sparse step's fp32
+        # gather and scatter (README, "On a GPU"), so auto stays dense there; --step sparse still runs it.
+        autocast_on = cfg.autocast_bf16 and ctx.device.type == "cuda"
+        auto_sparse = cfg.step == "auto" and sae.has_sparse_step and not autocast_on
         self._last_l0 = None
 
         if resume:
