@@ -70,14 +70,21 @@ class SparseJumpReLUStep(torch.autograd.Function):
         # x (B, d_in), w_enc (d_in, d_sae), bias (d_sae,), threshold (d_sae,), w_dec (d_sae, d_in)
         # (B, d_sae): the one dense matmul (bf16 under autocast); everything after it in fp32
         pre = torch.addmm(bias, x, w_enc).float()
-        diff = pre - threshold  # (B, d_sae)
-        active = diff > 0  # (B, d_sae) bool: H, strict
-        window = diff.abs_() < bandwidth / 2  # (B, d_sae) bool: K((pre - theta) / eps) = 1
-        needed = sparse.Pattern.of(active | window)  # every entry whose dL/df the backward uses
-        is_active = active[needed.rows, needed.cols]  # (n,) bool
-        in_window = window[needed.rows, needed.cols]  # (n,) bool
+        # Active (pre - theta > 0) or in the kernel window (|pre - theta| < eps / 2) implies
+        # pre > theta - eps / 2: one pass over (B, d_sae) finds a superset of the entries the backward
+        # needs (the margin covers rounding); the exact tests below run on those entries only.
+        lower = threshold - bandwidth * (0.5 + 1e-4)  # (d_sae,)
+        candidates = sparse.Pattern.of(pre > lower)
+        diff = pre[candidates.rows, candidates.cols] - threshold[candidates.cols]  # (m,): as the dense step
+        is_active = diff > 0  # (m,) bool: H, strict
+        in_window = diff.abs_() < bandwidth / 2  # (m,) bool: K((pre - theta) / eps) = 1
+        keep = is_active | in_window  # (m,): every entry whose dL/df the backward uses
+        needed = candidates.subset(keep)
+        is_active, in_window = is_active[keep], in_window[keep]  # (n,) each
         on = needed.subset(is_active)  # the active entries, in the same row-major order
         values = pre[on.rows, on.cols]  # (nnz,) f at its active entries
+        active = torch.zeros_like(pre, dtype=torch.bool)  # (B, d_sae): the mask the trainer reads
+        active[on.rows, on.cols] = True
         x_hat = sparse.decode(on, values, w_dec)  # (B, d_in)
         l0 = (on.offsets[1:] - on.offsets[:-1]).to(pre.dtype)  # (B,)
         ctx.save_for_backward(x, threshold, w_dec, values, is_active, in_window)
