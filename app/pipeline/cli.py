@@ -271,7 +271,11 @@ def cache(
     bf16: Annotated[bool, typer.Option(help="Store bfloat16 instead of float32.")] = False,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
 ) -> None:
-    """Run a model over a dataset once and write activation shards for many SAEs to train on."""
+    """Run a model over a dataset once and write activation shards for many SAEs to train on.
+
+    The shards also keep each activation's token, document, sequence and position, so an SAE of the
+    same model, layer and site can be indexed from them with no model pass (`index NAME --activations OUT`).
+    """
     from trainer.data.activations import ActivationError
 
     if out.exists():

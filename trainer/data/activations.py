@@ -366,8 +366,9 @@ class ShuffleBuffer:
             yield held[torch.randperm(held.shape[0], generator=gen)]
 
 
-def batches(chunks: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
-    """Re-cut a chunk stream into (batch_size, d_in) batches; a short tail is dropped."""
+def batches(chunks: Iterable[Tensor], batch_size: int, *, keep_tail: bool = False) -> Iterator[Tensor]:
+    """Re-cut a chunk stream into (batch_size, d_in) batches; a short tail is dropped (training's
+    batches are all full) unless keep_tail (evaluation counts every token it was given)."""
     pending: list[Tensor] = []
     pending_n = 0
     for chunk in chunks:
@@ -380,6 +381,8 @@ def batches(chunks: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
         yield from joined[:usable].split(batch_size)
         rest = joined[usable:]
         pending, pending_n = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+    if keep_tail and pending_n:
+        yield torch.cat(pending)
 
 
 def take_tokens(chunks: Iterable[Tensor], n_tokens: int) -> Tensor:

@@ -57,7 +57,7 @@ def evaluate(
     sum_sq = err = l0 = 0.0
     seen = 0
     bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, disable=not progress, desc="eval")
-    for batch in batches(chunks, min(batch_size, n_tokens)):
+    for batch in batches(chunks, min(batch_size, n_tokens), keep_tail=True):
         x = batch[: n_tokens - seen].to(device).float()  # (B, d_in)
         f = sae.encode(x)  # (B, d_sae)
         x_hat = sae.decode(f)  # (B, d_in)

@@ -276,6 +276,19 @@ def test_batches_recut_chunks_exactly() -> None:
     got = list(batches(TensorSource(data, chunk_tokens=70), 128))
     assert [b.shape[0] for b in got] == [128] * 7
     assert torch.equal(torch.cat(got), data[:896])
+    tail = list(batches(TensorSource(data, chunk_tokens=70), 128, keep_tail=True))
+    assert [b.shape[0] for b in tail] == [128] * 7 + [104]
+    assert torch.equal(torch.cat(tail), data)
+
+
+def test_evaluation_counts_every_token_it_is_asked_for() -> None:
+    """30,000 held-out tokens at batch 4,096 are 30,000, not 28,672 (7 full batches)."""
+    from trainer.evaluation.metrics import evaluate
+    from trainer.saes.registry import build_sae
+
+    sae = build_sae(tiny_sae_cfg(d_in=8, d_sae=16))
+    result = evaluate(sae, TensorSource(torch.randn(40_000, 8), chunk_tokens=5_000), 30_000, batch_size=4096)
+    assert result.tokens == 30_000
 
 
 def test_synthetic_held_out_stream_shares_the_dictionary_but_not_the_tokens() -> None:
