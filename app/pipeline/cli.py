@@ -139,11 +139,17 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train one SAE (launch with `torchrun --nproc-per-node N -m app train ...` for DDP)."""
+    """Train one SAE (launch with `torchrun --nproc-per-node N -m app train ...` for DDP).
+
+    Short runs: the paper's recipe (the default) warms the learning rate up over 1,000 steps and
+    lambda over 10,000 (40M tokens at batch 4,096); a shorter run never finishes them and comes out
+    neither sparse nor a good reconstruction. For runs of up to a few thousand steps use
+    --recipe short, which scales both warm-ups to the run (a warning says so at the start).
+    """
     from trainer.data.activations import ActivationError, ShardSource
     from trainer.formats.native import SAEMetadata
     from trainer.saes.config import SAEConfig
-    from trainer.training.config import TrainConfig
+    from trainer.training.config import TrainConfig, schedule_warnings
     from trainer.training.trainer import TrainingInterrupted
 
     if sum([activations is not None, synthetic, model is not None]) != 1:
@@ -212,6 +218,8 @@ def train(
             **train_kwargs,
         )
         plan = TrainingPlan(source=source, sae=sae_cfg, train=train_cfg, meta=meta, out_dir=out, explicit=explicit)
+        for warning in schedule_warnings(sae_cfg, train_cfg, explicit):
+            console.print(f"[bold yellow]warning:[/] {warning}")
         result = train_step(plan=plan, resume=resume, progress=progress)
     except TrainingInterrupted:
         console.print(f"interrupted: checkpoint written; continue with --resume --out {out}")

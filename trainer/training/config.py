@@ -144,6 +144,35 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
         train.dead_tokens = min(train.dead_tokens, max(train.batch_size, train.tokens // 10))
 
 
+def schedule_warnings(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> list[str]:
+    """Why this run is too short for its recipe's schedules, one sentence each (empty when it is not).
+
+    The paper's recipe warms the learning rate up over 1,000 steps and lambda over 10,000: a run of
+    a few hundred steps never reaches either and comes out neither sparse nor a good reconstruction.
+    """
+    sae, train = dataclasses.replace(sae), dataclasses.replace(train)
+    resolve_recipe(sae, train, explicit)
+    steps = train.total_steps
+    fits = (
+        "use --recipe short (it scales both warm-ups to the run)"
+        if train.recipe != "short"
+        else "shorten the warm-ups or train longer"
+    )
+    warnings = []
+    if registry.get(sae.architecture).penalty != "none" and steps < train.sparsity_warmup_steps:
+        warnings.append(
+            f"this run has {steps:,} steps but lambda warms up over {train.sparsity_warmup_steps:,}: it never "
+            f"reaches its target and the SAE will come out far from sparse; {fits}, or train for at least "
+            f"{train.sparsity_warmup_steps * train.batch_size:,} tokens"
+        )
+    if steps < train.lr_warmup_steps:
+        warnings.append(
+            f"this run has {steps:,} steps but the learning rate warms up over {train.lr_warmup_steps:,}: it "
+            f"never reaches {train.lr:g}; {fits}"
+        )
+    return warnings
+
+
 def lr_at(step: int, train: TrainConfig) -> float:
     """Learning rate at `step` (0-based): cosine warm-up from 0.1*lr, optional linear decay."""
     lr = train.lr
@@ -183,6 +212,7 @@ __all__ = [
     "from_dict",
     "lr_at",
     "resolve_recipe",
+    "schedule_warnings",
     "sparsity_at",
     "sparsity_coeff",
     "to_dict",

@@ -54,6 +54,20 @@ def test_train_then_eval_as_json(tmp_path: Path) -> None:
     }
     assert metrics["tokens"] == 4096
     assert 0 < metrics["l0"] < 48
+    assert "warning" not in result.stderr
+
+
+def test_a_run_too_short_for_the_paper_recipe_is_warned_about_loudly(tmp_path: Path) -> None:
+    """20 steps of the paper's recipe never finish its 1,000-step LR and 10,000-step lambda warm-ups."""
+    paper = [a for a in SMALL if a not in ("--recipe", "short")]
+    result = run("train", *paper, "--out", str(tmp_path / "paper"))
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "warning: this run has 20 steps but lambda warms up over 10,000" in said
+    assert "the learning rate warms up over 1,000" in said and "use --recipe short" in said
+    short = run("train", *SMALL, "--out", str(tmp_path / "short"))
+    assert short.returncode == 0 and "warning" not in short.stderr
+    assert "--recipe short" in " ".join(run("train", "--help").stdout.split())
 
 
 @pytest.mark.parametrize(
