@@ -130,7 +130,7 @@ def train(
         StepKind,
         typer.Option(
             help="dense, sparse (f kept at its active entries: the same training, faster at low L0) or auto "
-            "(sparse once L0 is at most d_sae/64, where the architecture has a sparse step)."
+            "(sparse once L0 is at most d_sae/20 on a CPU, d_sae/64 on a GPU, where the architecture has one)."
         ),
     ] = "auto",
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 1000,

@@ -31,12 +31,34 @@ class LMLossResult:
     """Predictions counted."""
 
 
-def _token_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """(B, T) -> (B, T-1) cross-entropy of predicting token t+1 at position t."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
-    return nn.functional.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none"
-    ).view(input_ids.shape[0], -1)
+LOGIT_ROWS = 256
+"""Positions whose logits are formed at once: (256, V) instead of (B, T, V), which for Gemma's
+262k vocabulary is 1 GB per 1,024 tokens, several times over (the float copy, the log-softmax)."""
+
+
+def _kept_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, keep: Tensor) -> Tensor:
+    """(n,) cross-entropy of predicting token t+1 at each position t where keep (B, T-1) is True.
+
+    The decoder runs once; the output head (and Gemma's final logit soft-capping) only at the kept
+    positions, LOGIT_ROWS at a time: the same numbers as the model's own logits, without its
+    (B, T, vocabulary) tensor. Models without a separable head fall back to the full forward.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = getattr(model, "model", None)
+    targets = input_ids[:, 1:][keep]  # (n,)
+    if not isinstance(head, nn.Linear) or not isinstance(decoder, nn.Module):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
+        return nn.functional.cross_entropy(logits[:, :-1][keep].float(), targets, reduction="none")
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = hidden[:, :-1][keep]  # (n, d_model)
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)  # type: ignore[operator]
+    losses = []
+    for rows, wanted in zip(hidden.split(LOGIT_ROWS), targets.split(LOGIT_ROWS), strict=True):
+        logits = head(rows).float()  # (r, V)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        losses.append(nn.functional.cross_entropy(logits, wanted, reduction="none"))
+    return torch.cat(losses) if losses else hidden.new_zeros(0)
 
 
 @torch.no_grad()
@@ -87,8 +109,8 @@ def delta_lm_losses(
         input_ids, attention_mask, special = input_ids.to(device), attention_mask.to(device), special.to(device)
         splice_at = attention_mask.bool() & (input_ids != bos)  # (B, T): everything but BOS and padding
         keep = ~special[:, :-1] & ~special[:, 1:] & attention_mask[:, 1:].bool()  # (B, T-1)
-        clean = _token_losses(model, input_ids, attention_mask)
-        clean_sum += float(clean[keep].double().sum())
+        clean = _kept_losses(model, input_ids, attention_mask, keep)
+        clean_sum += float(clean.double().sum())
         for name, reconstruct in reconstructs.items():
 
             def replace(
@@ -99,8 +121,8 @@ def delta_lm_losses(
                 return out
 
             with splice(model, layer, site, replace):
-                spliced = _token_losses(model, input_ids, attention_mask)
-            spliced_sums[name] += float(spliced[keep].double().sum())
+                spliced = _kept_losses(model, input_ids, attention_mask, keep)
+            spliced_sums[name] += float(spliced.double().sum())
         n = int(keep.sum())
         counted += n
         bar.update(n)

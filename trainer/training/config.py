@@ -81,7 +81,8 @@ class TrainConfig:
     step: StepKind = "auto"
     """dense: every matmul dense. sparse: f held at its active entries, so that decoding and the weight
     gradients cost B x L0 x d_in (SAE.sparse_training_step; the same training within float tolerance).
-    auto: sparse once the last step's L0 is at most d_sae / 64 (dense early, while L0 is high), for
+    auto: sparse once the last step's L0 is at most d_sae / 20 on a CPU, d_sae / 64 on a GPU
+    (trainer.training.trainer.AUTO_SPARSE_MAX_DENSITY; dense early, while L0 is high), for
     architectures that have a sparse step, unless bf16 autocast is on (there the dense step's bf16
     matmuls are faster on the GPUs measured); dense otherwise. Under bf16 autocast the sparse step
     runs its one dense matmul (the encoder's) in bf16 and the sparse rest in fp32."""

@@ -169,3 +169,22 @@ def test_delta_lm_loss_counts_no_prediction_from_or_of_special_tokens(tiny) -> N
     result = delta_lm_loss(tiny.model, lambda a: a, layer=1, site="resid", batches=data)
     expected = int((~special[:, :-1] & ~special[:, 1:] & mask[:, 1:].bool()).sum())
     assert result.tokens == expected < int(mask.sum()) - ids.shape[0]
+
+
+def test_losses_from_the_head_at_kept_positions_equal_the_models_own_logits(tiny, monkeypatch) -> None:
+    """delta LM loss forms logits only at the kept positions, a few rows at a time (Gemma's soft-capping
+    included); the clean loss must equal cross-entropy over the model's own full logits."""
+    from trainer.evaluation import delta_lm
+
+    assert tiny.model.config.get_text_config().final_logit_softcapping  # the capped path is exercised
+    ((ids, mask, special),) = packed(tiny.tokenizer, TEXTS)
+    keep = ~special[:, :-1] & ~special[:, 1:] & mask[:, 1:].bool()
+    with torch.no_grad():
+        logits = tiny.model(input_ids=ids, attention_mask=mask).logits
+        full = torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), ids[:, 1:][keep], reduction="none")
+    monkeypatch.setattr(delta_lm, "LOGIT_ROWS", 7)  # several chunks with a ragged last one
+    with torch.no_grad():
+        chunked = delta_lm._kept_losses(tiny.model, ids, mask, keep)
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    result = delta_lm_loss(tiny.model, lambda a: a, layer=1, site="resid", batches=[(ids, mask, special)])
+    assert result.clean_loss == pytest.approx(float(full.double().mean()), rel=1e-5)

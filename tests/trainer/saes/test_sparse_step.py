@@ -21,7 +21,7 @@ from trainer.saes import registry
 from trainer.saes.base import SAE
 from trainer.saes.gated import GatedSAE
 from trainer.saes.registry import build_sae
-from trainer.training.trainer import AUTO_SPARSE_MAX_DENSITY, Trainer
+from trainer.training.trainer import Trainer, auto_sparse_max_density
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
@@ -187,7 +187,7 @@ def test_sparse_and_dense_training_reach_the_same_weights(tmp_path: Path, arch: 
 @pytest.mark.parametrize("arch", sorted(TRAIN))
 def test_auto_starts_dense_and_turns_sparse_once_l0_is_low(tmp_path: Path, arch: str) -> None:
     # After every step the encoder bias is pushed so low that nothing fires: from the second step's
-    # output on, L0 is 0 <= d_sae / 64. Each step follows the L0 of the step before it (auto).
+    # output on, L0 is 0, below auto's density. Each step follows the L0 of the step before it (auto).
     source = SyntheticSource(SyntheticSpec(d_in=16, n_features=64, active_per_token=3, seed=1))
     cfg = tiny_train_cfg(step="auto", log_every=1, tokens=256 * 6)
 
@@ -199,7 +199,8 @@ def test_auto_starts_dense_and_turns_sparse_once_l0_is_low(tmp_path: Path, arch:
     Trainer(sae_cfg, cfg, source, tmp_path, progress=False, on_step=silence).fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["sparse_step"] is False  # no L0 measured yet
-    assert rows[1]["sparse_step"] is (rows[0]["l0"] <= sae_cfg.d_sae * AUTO_SPARSE_MAX_DENSITY)
+    density = auto_sparse_max_density(torch.device("cpu"))
+    assert rows[1]["sparse_step"] is (rows[0]["l0"] <= sae_cfg.d_sae * density)
     assert arch == "topk" or rows[1]["sparse_step"] is False  # a fresh SAE's L0 is high, but for TopK's k = 2
     assert all(row["sparse_step"] for row in rows[2:])
 
