@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +15,7 @@ from rich.table import Table
 from app.core.commands import console, fail, open_store, print_metrics
 from app.core.settings import Settings
 from app.pipeline.run import (
+    EVAL_TOKENS,
     SHUFFLE_BUFFER,
     PipelineHooks,
     PipelineResult,
@@ -327,13 +328,15 @@ def demo(
 
     Stages, each cached so a second run starts serving in seconds: the model is converted once
     into the user cache; residual-stream activations of the middle layer over the packaged
-    corpus are harvested into OUT/activations; a JumpReLU SAE (short recipe) trains on them
-    into OUT/sae (an interrupted run resumes from its checkpoint); it is evaluated on held-out
-    text (l0, fvu, dead/dense, delta LM loss) into OUT/sae/eval.json; it is registered in the
-    database (DATABASE_URL, default ./jumpscope.db) and indexed; the browser is served on
-    http://HOST:PORT.
+    corpus are harvested into OUT/activations (and held-out ones into OUT/heldout) in the one
+    model pass of the run; a JumpReLU SAE (short recipe) trains on them into OUT/sae (an
+    interrupted run resumes from its checkpoint); it is evaluated on the held-out activations
+    (l0, fvu, dead/dense) and held-out text (delta LM loss) into OUT/sae/eval.json; it is
+    registered in the database (DATABASE_URL, default ./jumpscope.db) and indexed from the
+    harvest with no model pass; the browser is served on http://HOST:PORT.
     """
     from trainer.data.activations import ShardSource
+    from trainer.lm.source import LMActivationSource
     from trainer.saes.config import SAEConfig
     from trainer.training.config import TrainConfig
     from trainer.training.trainer import TrainingInterrupted
@@ -350,7 +353,7 @@ def demo(
         index_tokens = min(index_tokens, 5_000)
     settings = Settings()
     engine = open_store(settings)
-    acts, sae_dir = out / "activations", out / "sae"
+    acts, heldout, sae_dir = out / "activations", out / "heldout", out / "sae"
     tokens = 0
     index_from: Path | None = None
     current = Stage.TRAIN
@@ -377,14 +380,19 @@ def demo(
                               f"and indexing {index_tokens:,} tokens from {source}")  # fmt: skip
 
     try:
-        if not (acts / "meta.json").exists():
+        if not (acts / "meta.json").exists() or not (heldout / "meta.json").exists():
             times.start("load model")
             lm = lm_source(model=model, layer=layer, model_batch=32, device=device, max_tokens=cache_tokens)
             console.print(
-                f"stage 1/5: harvesting {cache_tokens:,} activations of {lm.loaded.name} layer {lm.cfg.layer}"
+                f"stage 1/5: harvesting {cache_tokens:,} training and {EVAL_TOKENS:,} held-out activations of "
+                f"{lm.loaded.name} layer {lm.cfg.layer}"
             )
             times.start("harvest")
-            write_activation_cache(lm, acts, bf16=True)
+            if not (acts / "meta.json").exists():
+                write_activation_cache(lm, acts, bf16=True)
+            if not (heldout / "meta.json").exists():  # the evaluation's, in the same model pass
+                held = LMActivationSource(lm.loaded, replace(lm.cfg, split="heldout", max_tokens=EVAL_TOKENS))
+                write_activation_cache(held, heldout)
             times.stop()
         shards = ShardSource(acts, loop=True)
         index_from = acts if shards.token_rows else None  # a cache from before token rows: index with the model
@@ -394,7 +402,8 @@ def demo(
         plan = TrainingPlan(source=shards, sae=SAEConfig(d_in=shards.d_in, d_sae=width), train=train_cfg,
                             meta=metadata_from_shards(shards), out_dir=sae_dir)  # fmt: skip
         result = run_pipeline(plan=plan, engine=engine, data_dir=settings.data_dir, replace=True, reuse=True,
-                              retrain=retrain, index_tokens=index_tokens, index_activations=index_from, progress=True,
+                              retrain=retrain, index_tokens=index_tokens, index_activations=index_from,
+                              eval_activations=heldout, progress=True,
                               hooks=PipelineHooks(on_stage=on_stage))  # fmt: skip
         times.stop()
     except TrainingInterrupted:

@@ -191,10 +191,13 @@ def evaluate_step(
     lm_tokens: int = EVAL_LM_TOKENS,
     progress: bool = False,
     save: bool = False,
+    activations: Path | None = None,
 ) -> dict[str, Any]:
     """The SAE's metrics on held-out text of its own model (stages.evaluate_sae_dir): l0, fvu, mse,
-    dead and dense fractions, delta LM loss. With save they are also written to sae_dir/eval.json."""
-    metrics = evaluate_sae_dir(sae_dir, tokens=tokens, lm_tokens=lm_tokens, device=device, progress=progress)
+    dead and dense fractions (on the held-out shards at `activations` when given, else on the model's
+    activations), delta LM loss. With save they are also written to sae_dir/eval.json."""
+    metrics = evaluate_sae_dir(sae_dir, tokens=tokens, lm_tokens=lm_tokens, device=device, progress=progress,
+                               activations=activations)  # fmt: skip
     if save:
         (sae_dir / EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -268,6 +271,7 @@ def run_pipeline(
     evaluate: bool = True,
     index_tokens: int = 0,
     index_activations: Path | None = None,
+    eval_activations: Path | None = None,
     reuse: bool = False,
     retrain: bool = False,
     progress: bool = False,
@@ -277,7 +281,9 @@ def run_pipeline(
 
     name and replace: as in `register_step`. evaluate: measure the SAE (EVAL_TOKENS,
     EVAL_LM_TOKENS) and store the metrics with it. index_tokens: index it afterwards (0: no),
-    from the harvest at index_activations when given (no model pass; `index_step`).
+    from the harvest at index_activations when given (no model pass; `index_step`). eval_activations:
+    held-out shards the evaluation measures l0, fvu, dead and dense on (the model then runs only for
+    delta LM loss).
     reuse: keep each finished stage and skip it next time: weights in out_dir skip training,
     out_dir/eval.json (written by the evaluation) skips evaluating, and an SAE of this name that
     is already indexed skips registering and indexing, unless this call trained. retrain: train
@@ -309,7 +315,8 @@ def run_pipeline(
     if saved is not None:
         run.metrics = saved
     elif evaluate:
-        run.metrics = evaluate_step(sae_dir=out, device=device, progress=progress and sys.stderr.isatty(), save=reuse)
+        run.metrics = evaluate_step(sae_dir=out, device=device, progress=progress and sys.stderr.isatty(), save=reuse,
+                                    activations=eval_activations)  # fmt: skip
 
     if name is None:
         loaded = load_native(out)

@@ -93,6 +93,8 @@ def test_demo_runs_its_stages_once_and_a_second_run_reuses_them(tiny_model_dir: 
     timed = json.loads((tmp_path / "demo" / "timings.json").read_text())
     assert set(timed) == {"load model", "harvest", "train", "evaluate", "register", "index"}
     assert "from its harvest (no model pass)" in first.stderr
+    held = json.loads((tmp_path / "demo" / "heldout" / "meta.json").read_text())
+    assert held["split"] == "heldout" and held["token_rows"] and metrics["tokens"] == min(50_000, held["n_tokens"])
     assert "x the harvest" in " ".join(first.stderr.split())
     assert all(seconds > 0 for seconds in timed.values())
     second = run(*args, env=env)
