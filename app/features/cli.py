@@ -60,6 +60,9 @@ def index(
         raise fail("--activations indexes the cache's own text: leave out --dataset, --split and --text-column")
     if bins % 2:
         raise fail(f"--bins must be even (bins merge pairwise when the range doubles), got {bins}")
+    from trainer.training.malloc import keep_freed_memory
+
+    keep_freed_memory()  # the model's and the statistics' large temporaries are reused across batches
     engine = open_store()
     opts = IndexOptions(
         tokens=tokens, dataset=dataset, text_column=text_column, split=split, context_size=context_size,

@@ -286,9 +286,11 @@ def cache(
     same model, layer and site can be indexed from them with no model pass (`index NAME --activations OUT`).
     """
     from trainer.data.activations import ActivationError
+    from trainer.training.malloc import keep_freed_memory
 
     if out.exists():
         raise fail(f"{out} already exists; remove it or choose another --out")
+    keep_freed_memory()  # the model's large temporaries are reused, not page-faulted in per batch
     try:
         lm = lm_source(model=model, layer=layer, site=site, dataset=dataset, text_column=text_column, split=split,
                        context_size=context_size, model_batch=model_batch, device=device,
@@ -351,6 +353,11 @@ def demo(
         out = Path("runs/demo-tiny") if out == Path("runs/demo") else out
         cache_tokens, width, epochs = min(cache_tokens, 20_000), min(width, 256), max(epochs, 10.0)
         index_tokens = min(index_tokens, 5_000)
+    from trainer.lm.models import keep_loaded
+    from trainer.training.malloc import keep_freed_memory
+
+    keep_loaded()  # harvest, evaluation and index share one loaded model
+    keep_freed_memory()  # reuse large freed buffers (the model's too): ~10% faster harvests on CPU
     settings = Settings()
     engine = open_store(settings)
     acts, heldout, sae_dir = out / "activations", out / "heldout", out / "sae"

@@ -95,6 +95,19 @@ def special_token_ids(tokenizer: Any) -> set[int]:
 
 
 _LOAD_LOCK = threading.Lock()
+_kept: dict[tuple[str, str, str], LoadedModel] = {}
+_keep = False
+
+
+def keep_loaded(keep: bool = True) -> None:
+    """From now on `load_model` hands back the same loaded model for the same name, device and dtype
+    instead of reading it again (a process that runs several stages on one model, like the demo).
+    Callers then share one model object: they must not change its weights. keep=False forgets them."""
+    global _keep
+    with _LOAD_LOCK:
+        _keep = keep
+        if not keep:
+            _kept.clear()
 """transformers' loading is not thread-safe (meta-tensor copies, lazy imports): one load at a time per process."""
 
 
@@ -108,7 +121,12 @@ def load_model(
     Thread-safe: concurrent calls in one process (a worker's job and its encoder) load one at a time.
     """
     with _LOAD_LOCK:
-        return _load_model(name, device=device, dtype=dtype)
+        if not _keep:
+            return _load_model(name, device=device, dtype=dtype)
+        key = (name, str(_resolve_device_arg(device)), str(dtype))
+        if key not in _kept:
+            _kept[key] = _load_model(name, device=device, dtype=dtype)
+        return _kept[key]
 
 
 def _load_model(name: str, *, device: str | torch.device, dtype: torch.dtype | None) -> LoadedModel:
