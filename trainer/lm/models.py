@@ -95,7 +95,9 @@ def special_token_ids(tokenizer: Any) -> set[int]:
 
 
 _LOAD_LOCK = threading.Lock()
+"""transformers' loading is not thread-safe (meta-tensor copies, lazy imports): one load at a time per process."""
 _kept: dict[tuple[str, str, str], LoadedModel] = {}
+"""Models `keep_loaded` keeps, by (name, device, dtype)."""
 _keep = False
 
 
@@ -108,7 +110,6 @@ def keep_loaded(keep: bool = True) -> None:
         _keep = keep
         if not keep:
             _kept.clear()
-"""transformers' loading is not thread-safe (meta-tensor copies, lazy imports): one load at a time per process."""
 
 
 def load_model(
