@@ -43,15 +43,16 @@ def _kept_losses(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, ke
     positions, LOGIT_ROWS at a time: the same numbers as the model's own logits, without its
     (B, T, vocabulary) tensor. Models without a separable head fall back to the full forward.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    decoder = getattr(model, "model", None)
+    lm: Any = model  # a transformers causal LM: get_output_embeddings, .model, .config
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    decoder = getattr(lm, "model", None)
     targets = input_ids[:, 1:][keep]  # (n,)
     if not isinstance(head, nn.Linear) or not isinstance(decoder, nn.Module):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
         return nn.functional.cross_entropy(logits[:, :-1][keep].float(), targets, reduction="none")
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     hidden = hidden[:, :-1][keep]  # (n, d_model)
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)  # type: ignore[operator]
+    cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
     losses = []
     for rows, wanted in zip(hidden.split(LOGIT_ROWS), targets.split(LOGIT_ROWS), strict=True):
         logits = head(rows).float()  # (r, V)
