@@ -15,7 +15,7 @@ the same batches, so the same tokens give the same index.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,9 @@ from torch import Tensor
 from trainer.analysis.feature_stats import FeatureStats, FeatureStatsResult, StatsConfig
 from trainer.analysis.logit_lens import output_tokens, similar_features
 from trainer.data.activations import ShardSource
+from trainer.data.documents import recording
 from trainer.data.sequences import cached_batches
-from trainer.data.text import Document, batch_sequences, iter_documents, pack_tokens
+from trainer.data.text import batch_sequences, iter_documents, pack_tokens
 from trainer.lm.models import LoadedModel
 from trainer.lm.sites import check_site, harvest
 from trainer.saes.base import SAE
@@ -82,12 +83,6 @@ def unembedding(model: Any) -> Tensor:
     return head.weight.detach()
 
 
-def _recording(docs: Iterable[Document], ids: list[str]) -> Iterator[Document]:
-    for doc in docs:
-        ids.append(doc.id)
-        yield doc
-
-
 def _check_tokens(cfg: IndexPassConfig) -> None:
     if cfg.tokens < 1:
         raise ValueError(f"tokens must be at least 1, got {cfg.tokens}")
@@ -107,7 +102,7 @@ def run_index_pass(
     _check_tokens(cfg)
     device = next(lm.model.parameters()).device
     documents: list[str] = []
-    docs = _recording(iter_documents(cfg.dataset, text_column=cfg.text_column, split=cfg.split), documents)
+    docs = recording(iter_documents(cfg.dataset, text_column=cfg.text_column, split=cfg.split), documents)
     packed = batch_sequences(pack_tokens(docs, lm.tokenizer, cfg.context_size), cfg.batch_sequences)
 
     def batches() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:

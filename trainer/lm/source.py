@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from trainer.data.activations import TokenRows
+from trainer.data.documents import recording
 from trainer.data.text import Document, PackedBatch, batch_sequences, iter_documents, pack_tokens, special_tokens
 from trainer.lm.models import LoadedModel
 from trainer.lm.sites import check_site, harvest, site_width
@@ -67,7 +68,7 @@ class LMActivationSource:
             self.cfg.dataset, text_column=self.cfg.text_column, split=self.cfg.split
         )
         if documents is not None:
-            docs = _recording(docs, documents)
+            docs = recording(docs, documents)
         seqs = pack_tokens(docs, self.loaded.tokenizer, self.cfg.context_size)
         return batch_sequences(seqs, self.cfg.batch_sequences)
 
@@ -96,12 +97,6 @@ class LMActivationSource:
             acts = self.activations(batch)  # (B, T, d_in)
             keep = ~batch.special.to(acts.device)  # (B, T): drop BOS / EOS / pad
             yield acts[keep].float()  # (n, d_in)
-
-
-def _recording(docs: Iterator[Document], ids: list[str]) -> Iterator[Document]:
-    for doc in docs:
-        ids.append(doc.id)
-        yield doc
 
 
 class TokenRowHarvest:
