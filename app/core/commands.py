@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -39,3 +40,19 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     for key, value in metrics.items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+def parse_overrides(specs: list[str]) -> dict[str, Any]:
+    """['bandwidth=0.01', 'threshold_param=raw'] -> {'bandwidth': 0.01, 'threshold_param': 'raw'}.
+
+    Values are read as JSON (numbers, true/false, lists), anything else as text."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes FIELD=VALUE (e.g. bandwidth=0.01), got {spec!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

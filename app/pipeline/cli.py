@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.core.commands import console, fail, open_store, print_metrics
+from app.core.commands import console, fail, open_store, parse_overrides, print_metrics
 from app.core.settings import Settings
 from app.pipeline.run import (
     EVAL_TOKENS,
@@ -22,6 +22,7 @@ from app.pipeline.run import (
     Stage,
     TrainingPlan,
     run_pipeline,
+    shuffle_tokens,
     train_step,
 )
 from app.pipeline.stage_times import StageTimes
@@ -36,7 +37,17 @@ if TYPE_CHECKING:
 
 
 # Tuned on the packaged Gemma 3 270M, layer 9 resid, width 4096, short recipe (see README).
-DEMO_L0_COEFF = 2e-4
+DEMO_L0_COEFF = 1.2e-4
+
+
+_FLAGGED = {
+    "d_in": "the data's width", "d_sae": "--width", "architecture": "--arch", "k": "--k", "tokens": "--tokens",
+    "batch_size": "--batch-size", "sparsity_coeff": "--l0-coeff / --l1-coeff", "grad_clip": "--grad-clip",
+    "shuffle_buffer": "--shuffle-buffer", "normalize": "--no-normalize", "device": "--device",
+    "autocast_bf16": "--bf16", "step": "--step", "checkpoint_every": "--checkpoint-every",
+    "log_every": "--log-every", "seed": "--seed", "recipe": "--recipe", "use_pre_enc_bias": "--no-pre-enc-bias",
+}  # fmt: skip
+"""Config fields `train` sets through their own options, which `--set` refuses."""
 
 
 def _architecture(value: str) -> str:
@@ -102,9 +113,14 @@ def train(
     ] = None,
     recipe: Annotated[
         Recipe,
-        typer.Option(help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run."),
+        typer.Option(
+            help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run, decoder "
+            "rows started at centred activations, JumpReLU thresholds at a 1% firing rate."
+        ),
     ] = "paper",
-    bandwidth: Annotated[float, typer.Option(help="JumpReLU STE bandwidth epsilon.")] = 0.001,
+    bandwidth: Annotated[
+        float | None, typer.Option(help="JumpReLU STE bandwidth epsilon (default 0.001, the paper's).")
+    ] = None,
     tokens: Annotated[int, typer.Option(help="Training tokens.")] = 4_000_000_000,
     batch_size: Annotated[int, typer.Option(help="Tokens per step (global across processes).")] = 4096,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (paper: 7e-5).")] = None,
@@ -137,6 +153,15 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = at the end only).")] = 1000,
     log_every: Annotated[int, typer.Option(help="metrics.jsonl line every N steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE: any other SAEConfig or TrainConfig field as a named deviation (e.g. "
+            "decoder_init=data, threshold_init_rate=0.01, threshold_lr_scale=10, resample_every=25, "
+            "adam_betas=[0.9,0.999]); wins over the recipe; repeatable.",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -177,19 +202,29 @@ def train(
             meta = SAEMetadata(dataset="synthetic", extra={"synthetic": asdict(source.spec)})  # type: ignore[attr-defined]
         explicit: set[str] = set()
         sae_kwargs: dict[str, Any] = {}
+        train_kwargs: dict[str, Any] = {}
+        sae_fields, train_fields = {f.name for f in fields(SAEConfig)}, {f.name for f in fields(TrainConfig)}
+        for name, value in parse_overrides(set_ or []).items():
+            if name in _FLAGGED:
+                raise fail(f"--set {name}: use its own option ({_FLAGGED[name]})")
+            if name not in sae_fields | train_fields:
+                raise fail(f"--set {name}: not an SAEConfig or TrainConfig field")
+            (sae_kwargs if name in sae_fields else train_kwargs)[name] = value
+            explicit.add(name)
         if threshold_param is not None:
             sae_kwargs["threshold_param"] = threshold_param
             explicit.add("threshold_param")
+        if bandwidth is not None:
+            sae_kwargs["bandwidth"] = bandwidth
+            explicit.add("bandwidth")
         sae_cfg = SAEConfig(
             d_in=source.d_in,
             d_sae=width,
             architecture=arch,
             k=k,
-            bandwidth=bandwidth,
             use_pre_enc_bias=not no_pre_enc_bias,
             **sae_kwargs,
         )
-        train_kwargs: dict[str, Any] = {}
         if b_dec_init is not None:
             train_kwargs["b_dec_init"] = b_dec_init
             explicit.add("b_dec_init")
@@ -404,7 +439,8 @@ def demo(
         shards = ShardSource(acts, loop=True)
         index_from = acts if shards.token_rows else None  # a cache from before token rows: index with the model
         tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
-        train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff, shuffle_buffer=SHUFFLE_BUFFER,
+        train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff,
+                                shuffle_buffer=shuffle_tokens(shards.n_tokens, shards.d_in),
                                 checkpoint_every=50, log_every=10, device=device)  # fmt: skip
         plan = TrainingPlan(source=shards, sae=SAEConfig(d_in=shards.d_in, d_sae=width), train=train_cfg,
                             meta=metadata_from_shards(shards), out_dir=sae_dir)  # fmt: skip

@@ -47,6 +47,18 @@ SHUFFLE_BUFFER = 262_144
 document order (the sweep caps it at the cache's size). Activations a user hands in
 (`train --activations`, a job's `activations`) are read in their order unless asked otherwise."""
 
+IN_MEMORY_BYTES = 4 << 30
+"""A harvested cache whose activations take at most this much memory as float32 trains from memory,
+each epoch a fresh permutation of the whole cache (trainer.data.activations.EpochShuffle): a better
+shuffle than the buffer's, and no per-step re-reading and re-shuffling of the shards."""
+
+
+def shuffle_tokens(n_tokens: int, d_in: int) -> int:
+    """The shuffle buffer for training on a harvested cache of n_tokens x d_in: the whole cache when it
+    fits in IN_MEMORY_BYTES (epoch shuffles from memory), else SHUFFLE_BUFFER."""
+    return n_tokens if n_tokens * d_in * 4 <= IN_MEMORY_BYTES else SHUFFLE_BUFFER
+
+
 EVAL_TOKENS = 50_000
 """Held-out activations the pipeline measures l0, fvu, mse and the dead and dense fractions on."""
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.core.commands import console
+from app.core.commands import console, parse_overrides
 from trainer.device import Device
 
 QUICK = {"width": 2048, "train_tokens": 300_000, "batch_size": 1024, "eval_tokens": 30_000, "lm_tokens": 2_048}
@@ -33,22 +32,6 @@ def parse_grid(specs: list[str]) -> dict[str, tuple[float, ...]]:
         except ValueError:
             raise ValueError(f"--grid {spec!r}: the values must be numbers separated by commas") from None
     return grid
-
-
-def parse_overrides(specs: list[str]) -> dict[str, Any]:
-    """['bandwidth=0.01', 'threshold_param=raw'] -> {'bandwidth': 0.01, 'threshold_param': 'raw'}.
-
-    Values are read as JSON (numbers, true/false, lists), anything else as text."""
-    out: dict[str, Any] = {}
-    for spec in specs:
-        key, sep, value = spec.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set takes FIELD=VALUE (e.g. bandwidth=0.01), got {spec!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def sweep_command(

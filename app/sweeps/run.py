@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from app.catalog.saes import check_name
 from app.core.database import session_scope
 from app.core.tables import Sweep, SweepPointRow
-from app.pipeline.run import SHUFFLE_BUFFER, TrainingPlan, index_step, register_step, train_step
+from app.pipeline.run import TrainingPlan, index_step, register_step, shuffle_tokens, train_step
 from app.pipeline.stages import lm_source, metadata_from_shards, write_activation_cache
 from app.sweeps.results import PLOTS, plots, results_csv, results_doc
 from trainer.data.activations import ShardSource
@@ -107,7 +107,7 @@ def point_plan(
     train_cfg = TrainConfig(**{
         "tokens": max(cfg.batch_size, steps_tokens), "batch_size": cfg.batch_size, "recipe": cfg.recipe,
         "seed": cfg.seed, "sparsity_coeff": None if point.knob == "k" else point.value,
-        "shuffle_buffer": min(SHUFFLE_BUFFER, shards.n_tokens),
+        "shuffle_buffer": shuffle_tokens(shards.n_tokens, shards.d_in),
         "norm_tokens": min(TrainConfig.norm_tokens, shards.n_tokens),
         "checkpoint_every": 100, "log_every": 10, "device": device, **train_over,
     })  # fmt: skip

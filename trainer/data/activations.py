@@ -366,6 +366,29 @@ class ShuffleBuffer:
             yield held[torch.randperm(held.shape[0], generator=gen)]
 
 
+class EpochShuffle:
+    """A finite data set of n_tokens activations held in memory, streamed in a fresh random order every
+    epoch, forever (deterministic by seed).
+
+    What a shuffle buffer at least as large as the data amounts to, without its cost: the data is read
+    once (one pass of the source), and every step gathers its rows instead of the buffer concatenating
+    and permuting everything it holds (README, "The demo": a cache that fits in memory trains this way).
+    """
+
+    def __init__(self, source: Iterable[Tensor], n_tokens: int, seed: int = 0, chunk_tokens: int = 65_536) -> None:
+        self.data = take_tokens(source, n_tokens)  # (n, d_in): one pass over the source
+        self.seed = seed
+        self.chunk_tokens = chunk_tokens
+
+    def __iter__(self) -> Iterator[Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        n = self.data.shape[0]
+        while True:
+            order = torch.randperm(n, generator=gen)  # (n,): this epoch's order
+            for part in order.split(self.chunk_tokens):
+                yield self.data[part]  # (<= chunk_tokens, d_in)
+
+
 def batches(chunks: Iterable[Tensor], batch_size: int, *, keep_tail: bool = False) -> Iterator[Tensor]:
     """Re-cut a chunk stream into (batch_size, d_in) batches; a short tail is dropped (training's
     batches are all full) unless keep_tail (evaluation counts every token it was given)."""

@@ -78,6 +78,25 @@ class SAE(nn.Module):
             self.b_enc.zero_()
             self.b_dec.zero_()
 
+    @torch.no_grad()
+    def init_directions(self, rows: Tensor) -> None:
+        """Start from given decoder directions rows (d_sae, d_in), unit norm: W_dec = rows, W_enc = rows^T
+        (trainer.training.data_init: decoder_init="data")."""
+        self.W_dec.copy_(rows)
+        self.normalize_decoder()
+        self.W_enc.copy_(self.W_dec.T)
+
+    has_thresholds: ClassVar[bool] = False
+    """Whether `init_thresholds` applies (a per-latent firing threshold theta is a parameter)."""
+
+    def init_thresholds(self, theta: Tensor) -> None:
+        """Set the per-latent thresholds (d_sae,), in normalised units (threshold_init_rate)."""
+        raise ValueError(f"{self.cfg.architecture} SAEs have no thresholds to initialise")
+
+    def threshold_parameters(self) -> list[nn.Parameter]:
+        """The parameters that hold thresholds (their own learning rate: threshold_lr_scale)."""
+        return []
+
     # -- encoding -------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
         """(B, d_in) -> (B, d_sae): (x - b_dec) @ W_enc + b_enc, or x @ W_enc + b_enc."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -75,9 +76,31 @@ def sampled_products(pattern: Pattern, left: Tensor, right: Tensor) -> Tensor:
     return torch.sparse.sampled_addmm(zeros, left, right.T).values()
 
 
-def transposed_product(pattern: Pattern, values: Tensor, dense: Tensor) -> Tensor:
-    """(d_sae, d) = S.T @ dense for the sparse S (B, d_sae) holding `values` at `pattern`; dense (B, d)."""
-    return pattern.csr(values).t().to_sparse_csr() @ dense
+def column_order(pattern: Pattern) -> tuple[Tensor, Tensor]:
+    """The pattern's entries column by column: (order (nnz,) int64, a permutation of the entries that
+    sorts them by column, stably; col_offsets (d_sae + 1,) int64, column c's entries are
+    order[col_offsets[c]:col_offsets[c + 1]]). On a CPU numpy's stable argsort (a radix sort for 16-bit
+    keys) is ~10x torch's here."""
+    cols, width = pattern.cols, pattern.shape[1]
+    if cols.device.type == "cpu":
+        keys = cols.numpy().astype(np.uint16) if width <= 1 << 16 else cols.numpy()
+        order = torch.from_numpy(np.argsort(keys, kind="stable").astype(np.int64))
+    else:
+        order = torch.argsort(cols, stable=True)
+    counts = torch.bincount(cols, minlength=width)  # (d_sae,)
+    col_offsets = torch.zeros(width + 1, dtype=torch.int64, device=cols.device)
+    torch.cumsum(counts, 0, out=col_offsets[1:])
+    return order, col_offsets
+
+
+def transposed_product(pattern: Pattern, values: Tensor, dense: Tensor, by_column: tuple[Tensor, Tensor]) -> Tensor:
+    """(d_sae, d) = S.T @ dense for the sparse S (B, d_sae) holding `values` at `pattern`; dense (B, d);
+    by_column = column_order(pattern). Row c of the result sums values * dense[row] over column c's
+    entries: an embedding bag per column."""
+    order, col_offsets = by_column
+    return F.embedding_bag(
+        pattern.rows[order], dense, col_offsets[:-1], mode="sum", per_sample_weights=values[order].to(dense.dtype)
+    )
 
 
 def weight_grads(
@@ -85,8 +108,9 @@ def weight_grads(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of pre = x @ W_enc + bias and x_hat = f @ W_dec for f (`values` at `pattern`)
     and dL/dpre (`grad_pre` at the same entries): (W_enc (d_in, d_sae), bias (d_sae,), W_dec (d_sae, d_in))."""
-    grad_w_dec = transposed_product(pattern, values, grad_x_hat)  # (d_sae, d_in)
-    grad_w_enc = transposed_product(pattern, grad_pre, x).T  # (d_in, d_sae)
+    by_column = column_order(pattern)  # one sort serves both products
+    grad_w_dec = transposed_product(pattern, values, grad_x_hat, by_column)  # (d_sae, d_in)
+    grad_w_enc = transposed_product(pattern, grad_pre, x, by_column).T  # (d_in, d_sae)
     grad_bias = torch.zeros(pattern.shape[1], dtype=grad_pre.dtype, device=grad_pre.device)
     grad_bias.index_add_(0, pattern.cols, grad_pre)  # (d_sae,)
     return grad_w_enc, grad_bias, grad_w_dec

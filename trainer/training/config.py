@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from trainer.device import Device
 from trainer.saes import registry
 from trainer.saes.config import BDecInit, SAEConfig
+from trainer.training.data_init import DecoderInit
 
 Recipe = Literal["paper", "short"]
 StepKind = Literal["dense", "sparse", "auto"]
@@ -61,8 +62,23 @@ class TrainConfig:
     """Deviation for short runs: start b_dec at the data mean. None = the architecture's paper
     (its SAE class's b_dec_init): zeros (JumpReLU, ReLU, Gated), mean (TopK). Residual streams carry a large constant
     component that Adam needs thousands of steps to move a zero b_dec onto."""
+    decoder_init: DecoderInit = "random"
+    """Deviation for short runs: "data" starts each decoder row at a centred training activation (unit norm)
+    and the encoder at its transpose, instead of the paper's random directions (trainer/training/data_init.py)."""
+    threshold_init_rate: float | None = None
+    """Deviation for short runs (JumpReLU): start each threshold at the (1 - p) quantile of its latent's
+    pre-activations on the normalisation sample, so every latent fires on a fraction p of tokens at step 0
+    (None: the SAE config's threshold_init for all, as the paper)."""
+    threshold_lr_scale: float = 1.0
+    """Deviation (JumpReLU): the thresholds' learning rate as a multiple of lr (1 = one rate, as the paper)."""
+    resample_every: int = 0
+    """Deviation for short runs: every N steps until the learning-rate decay, restart the latents that have not
+    fired for dead_tokens at error directions of the batch (trainer/training/resample.py; 0 = never, as the
+    paper). One process only (not under torchrun)."""
     shuffle_buffer: int = 0
-    """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data)."""
+    """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data). When it can hold
+    a whole finite source (a cache of at most this many activations), the data is read once into memory
+    and every epoch is a fresh random permutation (trainer.data.activations.EpochShuffle)."""
     seed: int = 0
     """Seed for initialisation and shuffling."""
     device: Device = "auto"
@@ -98,6 +114,14 @@ class TrainConfig:
             raise ValueError(f"step must be dense, sparse or auto, got {self.step!r}")
         if self.recipe not in get_args(Recipe):
             raise ValueError(f"recipe must be paper or short, got {self.recipe!r}")
+        if self.decoder_init not in get_args(DecoderInit):
+            raise ValueError(f"decoder_init must be random or data, got {self.decoder_init!r}")
+        if self.threshold_init_rate is not None and not 0 < self.threshold_init_rate < 1:
+            raise ValueError(f"threshold_init_rate must be in (0, 1), got {self.threshold_init_rate}")
+        if self.resample_every < 0:
+            raise ValueError(f"resample_every must be 0 (never) or a number of steps, got {self.resample_every}")
+        if self.threshold_lr_scale <= 0:
+            raise ValueError(f"threshold_lr_scale must be positive, got {self.threshold_lr_scale}")
         if self.device not in get_args(Device):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
@@ -119,12 +143,19 @@ def sparsity_coeff(sae: SAEConfig, train: TrainConfig) -> float:
     return spec.default_coeff
 
 
+SHORT_THRESHOLD_RATE = 0.01
+"""The short recipe's threshold_init_rate: every JumpReLU latent starts firing on 1% of tokens."""
+
+
 def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> None:
     """Apply the `short` recipe (jumprelu.md §3.3) to every field the user did not set.
 
     The paper's recipe is tuned for millions of steps; in a few thousand steps log(theta)
     under Adam cannot climb from 0.001, so the short recipe trains raw theta, raises the
     learning rate, scales both warm-ups to the run length and starts b_dec at the data mean.
+    It also starts every decoder row at a centred training activation (no random mass in the
+    residual stream's quiet directions) and, for JumpReLU, every threshold at its latent's 1%
+    firing quantile.
     """
     if train.recipe != "short":
         return
@@ -143,6 +174,12 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
         train.b_dec_init = "mean"
     if "dead_tokens" not in explicit:
         train.dead_tokens = min(train.dead_tokens, max(train.batch_size, train.tokens // 10))
+    # Start in the data's span and already sparse (trainer/training/data_init.py; README, "What was tried")
+    if "decoder_init" not in explicit:
+        train.decoder_init = "data"
+    thresholds = "threshold" in registry.get(sae.architecture).extra_tensors
+    if thresholds and "threshold_init_rate" not in explicit:
+        train.threshold_init_rate = SHORT_THRESHOLD_RATE
 
 
 def schedule_warnings(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> list[str]:

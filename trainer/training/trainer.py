@@ -26,14 +26,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from trainer.atomic import atomic_write_bytes, atomic_write_text
-from trainer.data.activations import ActivationSource, ShuffleBuffer, batches, take_tokens
+from trainer.data.activations import ActivationSource, EpochShuffle, ShuffleBuffer, batches, take_tokens
 from trainer.formats.native import SAEMetadata, save_native
 from trainer.saes.base import SAE, StepOutput
 from trainer.saes.config import SAEConfig
 from trainer.saes.registry import build_sae
 from trainer.training.config import TrainConfig, lr_at, sparsity_at, sparsity_coeff
+from trainer.training.data_init import QUANTILE_TOKENS, data_directions, quantile_thresholds
 from trainer.training.distributed import DistContext, all_reduce_sum, barrier, setup, teardown
 from trainer.training.malloc import keep_freed_memory
+from trainer.training.resample import resample_dead
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,22 @@ def auto_sparse_max_density(device: torch.device) -> float:
     return AUTO_SPARSE_MAX_DENSITY.get(device.type, min(AUTO_SPARSE_MAX_DENSITY.values()))
 
 
+def active_count(active: Tensor) -> int:
+    """Entries of a (B, d_sae) bool mask that are True (count_nonzero: ~15x a bool sum() on a CPU)."""
+    return int(torch.count_nonzero(active))
+
+
+def fired_latents(active: Tensor) -> Tensor:
+    """(d_sae,) bool: the latents that fired on any row of a (B, d_sae) bool mask (a max over the
+    bytes: ~10x any(0) on a CPU)."""
+    return active.view(torch.uint8).amax(0).bool()
+
+
 def estimate_scale(sample: Tensor) -> float:
     """C = sqrt(mean ||x||^2), so that x / C has unit mean squared norm (GS §3.1)."""
-    mean_sq = sample.double().pow(2).sum(-1).mean().item()
+    # per-token squared norms in float32, 65,536 tokens at a time, summed in float64 (no float64 copy)
+    total = sum(float(part.float().pow(2).sum(-1).sum(dtype=torch.float64)) for part in sample.split(65_536))
+    mean_sq = total / max(1, sample.shape[0])
     if not math.isfinite(mean_sq) or mean_sq <= 0:
         raise ValueError(f"cannot normalise: the mean squared norm of the activations is {mean_sq}")
     return math.sqrt(mean_sq)
@@ -126,12 +141,38 @@ class Trainer:
     def _stream(self, ctx: DistContext) -> Iterator[Tensor]:
         """This rank's slice of every global batch, in a deterministic order."""
         chunks: Any = self.source
-        if self.cfg.shuffle_buffer > 0:
+        n_tokens = getattr(self.source, "n_tokens", None)  # a finite data set's size (a cache's)
+        if n_tokens is not None and 0 < n_tokens <= self.cfg.shuffle_buffer:
+            chunks = EpochShuffle(chunks, n_tokens, seed=self.cfg.seed)  # it all fits: shuffle whole epochs
+        elif self.cfg.shuffle_buffer > 0:
             chunks = ShuffleBuffer(chunks, self.cfg.shuffle_buffer, seed=self.cfg.seed)
         per_rank = self.cfg.batch_size // ctx.world_size
         lo = ctx.rank * per_rank
         for batch in batches(chunks, self.cfg.batch_size):
             yield batch[lo : lo + per_rank]
+
+    # -- initialisation -------------------------------------------------------------------
+    def _init_from_data(self, sae: SAE, sample: Tensor, device: torch.device) -> None:
+        """The data-driven starts (trainer.training.data_init), on sample (N, d_in) in normalised units;
+        the same on every rank (the same sample and seed)."""
+        cfg = self.cfg
+        probe = sample[:QUANTILE_TOKENS].to(device).float()  # (N, d_in)
+        with torch.no_grad():
+            if cfg.decoder_init == "data":
+                gen = torch.Generator().manual_seed(cfg.seed)
+                rows = data_directions(sample, sample.mean(0), self.sae_cfg.d_sae, gen)  # (d_sae, d_in)
+                sae.init_directions(rows.to(device))
+                # Data rows overlap each other (and the tokens) far more than random ones, so W_enc = W_dec^T
+                # would reconstruct many times the input: scale the encoder to the least-squares best
+                # multiple of its first reconstruction.
+                target = probe - sae.b_dec  # (N, d_in)
+                first = sae.decode(sae.encode(probe)) - sae.b_dec  # (N, d_in)
+                fit = float((first * target).sum() / first.pow(2).sum().clamp_min(1e-12))
+                if fit > 0:
+                    sae.W_enc.mul_(fit)
+            if cfg.threshold_init_rate is not None:
+                pre = sae.pre_acts(probe)  # (N, d_sae)
+                sae.init_thresholds(quantile_thresholds(pre, cfg.threshold_init_rate))
 
     # -- checkpoints ----------------------------------------------------------------------
     def _save_checkpoint(self, sae: SAE, optimizer: torch.optim.Optimizer, step: int, scale: float) -> None:
@@ -193,7 +234,16 @@ class Trainer:
         sae = build_sae(self.sae_cfg).to(ctx.device)
         sae.dead_tokens = cfg.dead_tokens
         fused = ctx.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
+        thresholds = sae.threshold_parameters()
+        if cfg.threshold_lr_scale != 1.0 and not thresholds:
+            raise ValueError(f"threshold_lr_scale: {self.sae_cfg.architecture} SAEs have no thresholds")
+        if cfg.threshold_init_rate is not None and not sae.has_thresholds:
+            raise ValueError(f"threshold_init_rate: {self.sae_cfg.architecture} SAEs have no thresholds")
+        rest = [p for p in sae.parameters() if all(p is not t for t in thresholds)]
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if thresholds:
+            groups.append({"params": thresholds, "lr_scale": cfg.threshold_lr_scale})
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
         coeff = sparsity_coeff(self.sae_cfg, cfg)
         total = cfg.total_steps
         if cfg.step == "sparse" and not sae.has_sparse_step:
@@ -217,6 +267,7 @@ class Trainer:
             if (cfg.b_dec_init or sae.b_dec_init) == "mean":
                 with torch.no_grad():  # start b_dec at the data's centre (Gao et al. for TopK)
                     sae.b_dec.copy_((sample.mean(0) / scale).to(ctx.device))
+            self._init_from_data(sae, sample / scale, ctx.device)
             if ctx.is_main:
                 (self.out_dir / METRICS).unlink(missing_ok=True)
                 atomic_write_text(
@@ -232,6 +283,9 @@ class Trainer:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
+        if cfg.resample_every and ctx.distributed:
+            raise ValueError("resample_every is for one process: it is not supported under torchrun yet")
+        resample_until = cfg.resample_every and total - cfg.lr_decay_steps  # resample until the decay starts
         stream = self._stream(ctx)
         for _ in range(start):  # replay the deterministic stream to where we stopped
             next(stream)
@@ -268,7 +322,7 @@ class Trainer:
                 lam = sparsity_at(step, coeff, cfg, self.sae_cfg.architecture)
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 sparse = cfg.step == "sparse" or (
                     auto_sparse
                     and self._last_l0 is not None
@@ -277,7 +331,7 @@ class Trainer:
                 with autocast:  # the sparse step runs its encoder matmul in bf16 under autocast, the rest in fp32
                     out: StepOutput = model(x, lam, sparse)
                 if auto_sparse:
-                    self._last_l0 = int(out.active.sum()) / out.active.shape[0]
+                    self._last_l0 = active_count(out.active) / out.active.shape[0]
                 out.loss.backward()
                 sae.project_decoder_grad()
                 if cfg.grad_clip is not None:
@@ -286,8 +340,11 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 sae.normalize_decoder()
                 sae.after_step()
-                fired = all_reduce_sum(out.active.any(0).to(torch.int32), ctx) > 0  # (d_sae,)
+                fired = all_reduce_sum(fired_latents(out.active).to(torch.int32), ctx) > 0  # (d_sae,)
                 sae.update_dead(fired, cfg.batch_size)
+                if resample_until and (step + 1) % cfg.resample_every == 0 and step + 1 < resample_until:
+                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # by step: resumes the same
+                    resample_dead(sae, optimizer, x, out.x_hat, active_count(out.active) / x.shape[0], gen)
                 if self.on_step is not None:
                     self.on_step(step + 1, sae)
 
@@ -364,7 +421,7 @@ class Trainer:
                 out.mse.detach() * n,
                 out.sparsity.detach() * n,
                 out.aux.detach() * n,
-                out.active.sum().float(),
+                torch.count_nonzero(out.active).float(),
                 err,
                 centred,
                 n,

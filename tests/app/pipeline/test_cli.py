@@ -79,6 +79,10 @@ def test_a_run_too_short_for_the_paper_recipe_is_warned_about_loudly(tmp_path: P
         (["--out", "x", "--synthetic", "--tokens", "10"], "must be at least batch_size"),
         (["--out", "x", "--synthetic", "--resume"], "no checkpoint.pt"),
         (["--out", "x", "--synthetic", "--arch", "topk", "--k", "0"], "k must be in"),
+        (["--out", "x", "--synthetic", "--set", "lr"], "--set takes FIELD=VALUE"),
+        (["--out", "x", "--synthetic", "--set", "tokens=9"], "--set tokens: use its own option (--tokens)"),
+        (["--out", "x", "--synthetic", "--set", "colour=red"], "--set colour: not an SAEConfig or TrainConfig"),
+        (["--out", "x", "--synthetic", "--set", "decoder_init=pca"], "decoder_init must be random or data"),
     ],
 )
 def test_train_bad_input_is_one_clear_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
@@ -87,6 +91,18 @@ def test_train_bad_input_is_one_clear_line_and_writes_nothing(tmp_path: Path, ar
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x" / "sae.safetensors").exists()
+
+
+def test_named_deviations_by_set_reach_the_saved_config(tmp_path: Path) -> None:
+    out = tmp_path / "sae"
+    args = ["--set", "decoder_init=random", "--set", "threshold_lr_scale=5", "--set", "adam_betas=[0.9,0.99]"]
+    result = run("train", *SMALL, "--out", str(out), "--bandwidth", "0.003", *args)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["train"]["decoder_init"] == "random"  # the user's choice wins over the short recipe's "data"
+    assert saved["train"]["threshold_lr_scale"] == 5 and saved["train"]["adam_betas"] == [0.9, 0.99]
+    assert saved["train"]["threshold_init_rate"] == 0.01  # the rest of the short recipe still applies
+    assert saved["sae"]["bandwidth"] == 0.003
 
 
 def test_unknown_arch_lists_the_allowed_values(tmp_path: Path) -> None:

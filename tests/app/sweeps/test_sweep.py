@@ -24,10 +24,11 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from app.core.commands import parse_overrides
 from app.core.database import engine_for, session_scope, upgrade
 from app.core.tables import SAERow, Sweep, SweepPointRow
 from app.sweeps.chart import ChartPoint, pareto_svg
-from app.sweeps.cli import TINY_GRID, parse_grid, parse_overrides
+from app.sweeps.cli import TINY_GRID, parse_grid
 from app.sweeps.results import PLOTS
 from app.sweeps.run import store_sweep
 from tests.app.test_api import make_client
