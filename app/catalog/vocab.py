@@ -17,9 +17,16 @@ from app.core.tables import Model
 
 
 def token_strings(tokenizer: Any) -> list[str]:
-    """The decoded text of every token id, in id order (special tokens as their literal text)."""
-    size = len(tokenizer)
-    return list(tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False))
+    """The decoded text of every token id, in id order (special tokens as their literal text).
+
+    A fast tokenizer that does no clean-up of the decoded text decodes in its Rust backend, in one
+    parallel call (~6x `batch_decode` for Gemma's 262k tokens, the same strings); any other goes
+    through `batch_decode`."""
+    ids = [[i] for i in range(len(tokenizer))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(tokenizer, "is_fast", False) and backend is not None and not tokenizer.clean_up_tokenization_spaces:
+        return list(backend.decode_batch(ids, skip_special_tokens=False))
+    return list(tokenizer.batch_decode(ids, skip_special_tokens=False))
 
 
 def pack(strings: list[str]) -> bytes:

@@ -36,8 +36,11 @@ if TYPE_CHECKING:
     from trainer.data.activations import ActivationSource
 
 
-# Tuned on the packaged Gemma 3 270M, layer 9 resid, width 4096, short recipe (see README).
+# Tuned on the packaged Gemma 3 270M, layer 9 resid, width 4096, short recipe (README, "What was tried").
 DEMO_L0_COEFF = 1.2e-4
+DEMO_BATCH = 1024
+"""Tokens per step of the demo's SAE: one pass over the 600,000-token cache in 585 steps, which beat two
+passes in 292 steps of 4,096 on both FVU and delta LM loss in a third less time (README)."""
 
 
 _FLAGGED = {
@@ -347,7 +350,7 @@ def demo(
         int | None, typer.Option(help="Decoder layer (default: the middle one, 9 for Gemma 3 270M).")
     ] = None,
     cache_tokens: Annotated[int, typer.Option(help="Activations harvested once from the packaged corpus.")] = 600_000,
-    epochs: Annotated[float, typer.Option(help="Passes of SAE training over the cached activations.")] = 2.0,
+    epochs: Annotated[float, typer.Option(help="Passes of SAE training over the cached activations.")] = 1.0,
     width: Annotated[int, typer.Option(help="SAE width d_sae.")] = 4096,
     l0_coeff: Annotated[float, typer.Option(help="JumpReLU lambda (short recipe).")] = DEMO_L0_COEFF,
     retrain: Annotated[bool, typer.Option(help="Train and evaluate again even if finished stages are cached.")] = False,
@@ -438,10 +441,10 @@ def demo(
             times.stop()
         shards = ShardSource(acts, loop=True)
         index_from = acts if shards.token_rows else None  # a cache from before token rows: index with the model
-        tokens = max(4096, int(epochs * shards.n_tokens) // 4096 * 4096)
-        train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=l0_coeff,
+        tokens = max(DEMO_BATCH, int(epochs * shards.n_tokens) // DEMO_BATCH * DEMO_BATCH)
+        train_cfg = TrainConfig(tokens=tokens, batch_size=DEMO_BATCH, recipe="short", sparsity_coeff=l0_coeff,
                                 shuffle_buffer=shuffle_tokens(shards.n_tokens, shards.d_in),
-                                checkpoint_every=50, log_every=10, device=device)  # fmt: skip
+                                checkpoint_every=100, log_every=10, device=device)  # fmt: skip
         plan = TrainingPlan(source=shards, sae=SAEConfig(d_in=shards.d_in, d_sae=width), train=train_cfg,
                             meta=metadata_from_shards(shards), out_dir=sae_dir)  # fmt: skip
         result = run_pipeline(plan=plan, engine=engine, data_dir=settings.data_dir, replace=True, reuse=True,

@@ -134,16 +134,24 @@ class Trainer:
         self.on_step = on_step
         """Called after every optimiser step with (steps done, training-form SAE)."""
         self._stop_requested = False
+        self._epochs: EpochShuffle | None = None
+        """The data set held in memory for whole-epoch shuffles (set by fit when it fits)."""
         self._last_l0: float | None = None
         """Mean L0 of the last step (step="auto" chooses the next step by it; kept in checkpoints)."""
 
     # -- data -----------------------------------------------------------------------------
+    def _in_memory(self) -> EpochShuffle | None:
+        """The whole data set in memory, when it is finite and fits the shuffle buffer (else None)."""
+        n_tokens = getattr(self.source, "n_tokens", None)  # a finite data set's size (a cache's)
+        if n_tokens is not None and 0 < n_tokens <= self.cfg.shuffle_buffer:
+            return EpochShuffle(self.source, n_tokens, seed=self.cfg.seed)
+        return None
+
     def _stream(self, ctx: DistContext) -> Iterator[Tensor]:
         """This rank's slice of every global batch, in a deterministic order."""
         chunks: Any = self.source
-        n_tokens = getattr(self.source, "n_tokens", None)  # a finite data set's size (a cache's)
-        if n_tokens is not None and 0 < n_tokens <= self.cfg.shuffle_buffer:
-            chunks = EpochShuffle(chunks, n_tokens, seed=self.cfg.seed)  # it all fits: shuffle whole epochs
+        if self._epochs is not None:
+            chunks = self._epochs  # it all fits: shuffle whole epochs
         elif self.cfg.shuffle_buffer > 0:
             chunks = ShuffleBuffer(chunks, self.cfg.shuffle_buffer, seed=self.cfg.seed)
         per_rank = self.cfg.batch_size // ctx.world_size
@@ -256,13 +264,16 @@ class Trainer:
         auto_sparse = cfg.step == "auto" and sae.has_sparse_step and not autocast_on
         self._last_l0 = None
 
+        self._epochs = self._in_memory()
         if resume:
             start, scale = self._load_checkpoint(sae, optimizer, ctx.device)
             if ctx.is_main:
                 self._trim_metrics(start)
         else:
             start = 0
-            sample = take_tokens(self.source, cfg.norm_tokens)
+            # the first norm_tokens of the source (read once: from memory when the data set is held there)
+            held = self._epochs
+            sample = held.data[: cfg.norm_tokens] if held is not None else take_tokens(self.source, cfg.norm_tokens)
             scale = estimate_scale(sample) if cfg.normalize else 1.0
             if (cfg.b_dec_init or sae.b_dec_init) == "mean":
                 with torch.no_grad():  # start b_dec at the data's centre (Gao et al. for TopK)

@@ -358,6 +358,10 @@ def test_gemma3_270m_conversion_marker_shape_and_sensible_predictions(gemma3_cac
         262_144,
     )
     assert text.tie_word_embeddings and lm.model.lm_head.weight is lm.model.model.embed_tokens.weight
+    from app.catalog.vocab import token_strings  # the fast decode gives exactly batch_decode's strings
+
+    every = [[i] for i in range(len(lm.tokenizer))]
+    assert token_strings(lm.tokenizer) == lm.tokenizer.batch_decode(every, skip_special_tokens=False)
     assert all(p.dtype == torch.float32 for p in lm.model.parameters())
     tok = lm.tokenizer
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (2, 1, 0, 3)

@@ -1,0 +1,173 @@
+"""What each short-run deviation does to a JumpReLU SAE, and why (run by hand; README, "What was tried").
+
+Trains one SAE per variant on one activation cache (a harvest of `jumpscope demo`, `cache` or
+`sweep`: its meta.json names the model, layer and site), all with the same budget and seed, and
+measures each on a validation split of the *training* text that the cache never reached (the last
+documents of the corpus's training split; the held-out split that every evaluation reports is never
+used to choose anything):
+
+  L0, FVU, dead (latents that never fire on the validation activations);
+  quiet FVU: FVU within the low-variance half of the activations' principal directions (above 1:
+    the SAE writes more variance there than the data has: noise the model downstream reads);
+  dec quiet: the mean share of a live latent's decoder row in those directions (a random row: 1/2);
+  delta LM loss on the validation predictions (one clean pass shared by all variants).
+
+    .venv/bin/python benchmarks/short_recipe.py runs/demo/activations                 # the README's table
+    .venv/bin/python benchmarks/short_recipe.py runs/demo/activations --only base new  # a subset
+    .venv/bin/python benchmarks/short_recipe.py --tiny                                # a plumbing check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: app, trainer and benchmarks
+
+from app.pipeline.stages import lm_source, write_activation_cache
+from benchmarks.splice_damage import held_out_activations
+from trainer.data.activations import ShardSource, TensorSource, take_tokens
+from trainer.data.corpus import packaged_corpus
+from trainer.evaluation.delta_lm import delta_lm_losses
+from trainer.saes.base import SAE
+from trainer.saes.config import SAEConfig
+from trainer.training.config import TrainConfig, resolve_recipe
+from trainer.training.trainer import Trainer
+
+SHUFFLE = 262_144
+"""Tokens in the shuffle buffer (the sweep's and, until now, the demo's)."""
+OLD_SHORT = {"decoder_init": "random", "threshold_init_rate": None}
+"""The short recipe before the data-driven starts (what the README's earlier sweeps ran)."""
+VARIANTS: dict[str, dict[str, Any]] = {
+    "before (lambda 2e-4)": {"coeff": 2e-4, "train": OLD_SHORT},
+    "before + Adam beta1 0.9": {"coeff": 2e-4, "train": {**OLD_SHORT, "adam_betas": [0.9, 0.999]}},
+    "before + theta0 0.012, eps 0.002": {
+        "coeff": 2e-4, "sae": {"threshold_init": 0.012, "bandwidth": 0.002}, "train": OLD_SHORT,
+    },
+    "data rows": {"coeff": 2e-4, "train": {"threshold_init_rate": None}},
+    "data rows + 1% thresholds": {"coeff": 2e-4},
+    "data rows + 1% thresholds + resample/25": {"coeff": 2e-4, "train": {"resample_every": 25}},
+    "data rows + 1% thresholds + eps 0.002": {"coeff": 2e-4, "sae": {"bandwidth": 0.002}},
+    "new short (lambda 1.2e-4)": {"coeff": 1.2e-4},
+    "new short + eps 0.002": {"coeff": 1.2e-4, "sae": {"bandwidth": 0.002}},
+    "new short + eps 0.002 + resample/25": {
+        "coeff": 1.2e-4, "sae": {"bandwidth": 0.002}, "train": {"resample_every": 25},
+    },
+    "new short + 0.3% thresholds": {"coeff": 1.2e-4, "train": {"threshold_init_rate": 0.003}},
+    "new short, batch 2048": {"coeff": 1.2e-4, "train": {"batch_size": 2048}},
+    "TopK k 32, before": {"sae": {"architecture": "topk", "k": 32}, "train": {"decoder_init": "random"}},
+    "TopK k 32, data rows": {"sae": {"architecture": "topk", "k": 32}},
+}  # fmt: skip
+"""Name -> {coeff, sae: SAEConfig fields, train: TrainConfig fields} on top of --recipe short."""
+
+
+def validation(cache: ShardSource, out: Path, n_acts: int, n_lm: int, docs: int) -> dict[str, Any]:
+    """Activations and LM batches of the last `docs` documents of the training split (cached in out)."""
+    path = out / "validation.pt"
+    if path.exists():
+        return dict(torch.load(path, weights_only=False))
+    meta = cache.meta
+    texts = list(packaged_corpus("train"))[-docs:]
+    data = out / "validation.jsonl"
+    data.write_text("".join(json.dumps({"text": doc.text}) + "\n" for doc in texts))
+    src = lm_source(model=meta["model"], layer=int(meta["layer"]), site=meta.get("site", "resid"),
+                    dataset=str(data), context_size=meta.get("context_size"), model_batch=16, device="cpu")  # fmt: skip
+    _, x = held_out_activations(src, n_acts)
+    lm_batches, _ = held_out_activations(src, n_lm)
+    result = {"x": x[:n_acts], "lm_batches": lm_batches}
+    torch.save(result, path)
+    return result
+
+
+@torch.no_grad()
+def measure(sae: SAE, x: Tensor) -> dict[str, float]:
+    """L0, FVU, quiet FVU, decoder quiet share and dead fraction of an inference-form SAE on x (N, d_in)."""
+    centred = x - x.mean(0)
+    pcs = torch.linalg.eigh(torch.cov(x.T)).eigenvectors.flip(1)  # (d_in, d_in), highest variance first
+    quiet = pcs[:, pcs.shape[1] // 2 :]  # (d_in, d_in / 2)
+    f = sae.encode(x)  # (N, d_sae)
+    err = sae.decode(f) - x  # (N, d_in)
+    live = (f > 0).any(0)  # (d_sae,)
+    rows = torch.nn.functional.normalize(sae.W_dec[live], dim=1)  # (n_live, d_in)
+    return {
+        "l0": float((f > 0).sum(1).float().mean()),
+        "fvu": float(err.pow(2).sum() / centred.pow(2).sum()),
+        "quiet_fvu": float((err @ quiet).pow(2).sum() / (centred @ quiet).pow(2).sum()),
+        "dec_quiet": float((rows @ quiet).pow(2).sum(1).mean()) if len(rows) else float("nan"),
+        "dead": float((~live).float().mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "cache", type=Path, nargs="?", help="an activation cache with meta.json (runs/demo/activations)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/short-recipe"), help="SAEs, validation, results")
+    parser.add_argument("--only", nargs="+", help="variant names (or their first words) to run")
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--epochs", type=float, default=2.0, help="passes over the cache (the demo's 2)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--validation-docs", type=int, default=120)
+    parser.add_argument("--lm-tokens", type=int, default=2048, help="validation predictions for delta LM loss")
+    parser.add_argument("--tiny", action="store_true", help="harvest a tiny random Gemma 2 cache and run two variants")
+    args = parser.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    variants = VARIANTS
+    if args.tiny:
+        from trainer.lm.models import TINY_MODEL
+
+        args.cache, args.width, args.validation_docs, args.lm_tokens = out / "cache", 64, 8, 256
+        if not (args.cache / "meta.json").exists():
+            write_activation_cache(lm_source(model=TINY_MODEL, max_tokens=8192, device="cpu"), args.cache)
+        variants = {name: VARIANTS[name] for name in ("before (lambda 2e-4)", "new short (lambda 1.2e-4)")}
+    if args.cache is None:
+        parser.error("name an activation cache or pass --tiny")
+    if args.only:
+        variants = {n: v for n, v in variants.items() if any(n.startswith(o) for o in args.only)}
+    cache = ShardSource(args.cache)
+    val = validation(cache, out, 30_000, args.lm_tokens, args.validation_docs)
+    from trainer.lm.models import load_model
+
+    model = load_model(cache.meta["model"]).model
+    x_train = take_tokens(cache, cache.n_tokens)  # (n, d_in) float32
+    rows = []
+    for i, (name, spec) in enumerate(variants.items()):
+        sae_cfg = SAEConfig(d_in=cache.d_in, d_sae=args.width, **spec.get("sae", {}))
+        batch = spec.get("train", {}).get("batch_size", args.batch_size)
+        tokens = int(args.epochs * x_train.shape[0]) // batch * batch
+        fields = {"batch_size": batch, **spec.get("train", {})}
+        train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=spec.get("coeff"),
+                                shuffle_buffer=SHUFFLE, checkpoint_every=0, log_every=50, **fields)  # fmt: skip
+        resolve_recipe(sae_cfg, train_cfg, set(spec.get("sae", {})) | set(fields))
+        start = time.perf_counter()
+        source = TensorSource(x_train, loop=True, description="cache")
+        result = Trainer(sae_cfg, train_cfg, source, out / "saes" / str(i), progress=False).fit()
+        seconds = time.perf_counter() - start
+        sae = result.sae.eval()
+        row = {"variant": name, "steps": result.steps, "seconds": round(seconds, 1), **measure(sae, val["x"])}
+        losses = delta_lm_losses(model, {"sae": sae}, layer=int(cache.meta["layer"]),
+                                 site=cache.meta.get("site", "resid"), batches=val["lm_batches"],
+                                 max_tokens=args.lm_tokens)  # fmt: skip
+        row["delta_lm"] = losses["sae"].delta_lm_loss
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(
+        "\n| variant | steps | L0 | FVU | quiet FVU | dec quiet | dead | delta LM |\n|---|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(f"| {r['variant']} | {r['steps']} | {r['l0']:.1f} | {r['fvu']:.3f} | {r['quiet_fvu']:.2f} | "
+              f"{r['dec_quiet']:.3f} | {r['dead']:.1%} | {r['delta_lm']:.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
