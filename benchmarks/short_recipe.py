@@ -62,10 +62,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "new short + 0.3% thresholds": {"coeff": 1.2e-4, "train": {"threshold_init_rate": 0.003}},
     "new short, batch 2048": {"coeff": 1.2e-4, "train": {"batch_size": 2048}},
+    "new short, batch 2048, one epoch": {"coeff": 1.2e-4, "epochs": 1.0, "train": {"batch_size": 2048}},
+    "new short, batch 1024, one epoch (the demo)": {"coeff": 1.2e-4, "epochs": 1.0, "train": {"batch_size": 1024}},
     "TopK k 32, before": {"sae": {"architecture": "topk", "k": 32}, "train": {"decoder_init": "random"}},
     "TopK k 32, data rows": {"sae": {"architecture": "topk", "k": 32}},
 }  # fmt: skip
-"""Name -> {coeff, sae: SAEConfig fields, train: TrainConfig fields} on top of --recipe short."""
+"""Name -> {coeff, epochs, sae: SAEConfig fields, train: TrainConfig fields} on top of --recipe short."""
 
 
 def validation(cache: ShardSource, out: Path, n_acts: int, n_lm: int, docs: int) -> dict[str, Any]:
@@ -143,7 +145,7 @@ def main() -> None:
     for i, (name, spec) in enumerate(variants.items()):
         sae_cfg = SAEConfig(d_in=cache.d_in, d_sae=args.width, **spec.get("sae", {}))
         batch = spec.get("train", {}).get("batch_size", args.batch_size)
-        tokens = int(args.epochs * x_train.shape[0]) // batch * batch
+        tokens = int(spec.get("epochs", args.epochs) * x_train.shape[0]) // batch * batch
         fields = {"batch_size": batch, **spec.get("train", {})}
         train_cfg = TrainConfig(tokens=tokens, recipe="short", sparsity_coeff=spec.get("coeff"),
                                 shuffle_buffer=SHUFFLE, checkpoint_every=0, log_every=50, **fields)  # fmt: skip
