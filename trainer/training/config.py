@@ -16,9 +16,11 @@ from typing import Any, Literal, get_args
 from trainer.device import Device
 from trainer.saes import registry
 from trainer.saes.config import BDecInit, SAEConfig
-from trainer.training.data_init import DecoderInit
 
 Recipe = Literal["paper", "short"]
+DecoderInit = Literal["random", "data"]
+"""Where decoder rows start: random directions (the paper) or centred training activations
+(trainer/training/data_init.py)."""
 StepKind = Literal["dense", "sparse", "auto"]
 """Which training step runs (see TrainConfig.step)."""
 

@@ -17,13 +17,8 @@ it writes that mass into the reconstruction as noise the model downstream reads 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
-
-DecoderInit = Literal["random", "data"]
-"""Where decoder rows start: random directions (the paper) or centred training activations."""
 
 QUANTILE_TOKENS = 16_384
 """Sample tokens the threshold quantiles are read from (enough for a quantile of 1e-3 to rest on 16)."""
@@ -59,4 +54,4 @@ def quantile_thresholds(pre: Tensor, rate: float) -> Tensor:
     return theta.clamp_min(1e-6)
 
 
-__all__ = ["QUANTILE_TOKENS", "DecoderInit", "data_directions", "quantile_thresholds"]
+__all__ = ["QUANTILE_TOKENS", "data_directions", "quantile_thresholds"]
