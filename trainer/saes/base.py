@@ -86,16 +86,14 @@ class SAE(nn.Module):
         self.normalize_decoder()
         self.W_enc.copy_(self.W_dec.T)
 
-    has_thresholds: ClassVar[bool] = False
-    """Whether `init_thresholds` applies (a per-latent firing threshold theta is a parameter)."""
-
-    def init_thresholds(self, theta: Tensor) -> None:
-        """Set the per-latent thresholds (d_sae,), in normalised units (threshold_init_rate)."""
-        raise ValueError(f"{self.cfg.architecture} SAEs have no thresholds to initialise")
-
     def threshold_parameters(self) -> list[nn.Parameter]:
-        """The parameters that hold thresholds (their own learning rate: threshold_lr_scale)."""
+        """The parameters that hold per-latent thresholds (empty: the architecture has none)."""
         return []
+
+    def init_thresholds(self, theta: Tensor, latents: Tensor | None = None) -> None:
+        """Set the thresholds of `latents` (n,) int64 (None: all d_sae) to theta (n,), in normalised units
+        (threshold_init_rate, resampling)."""
+        raise ValueError(f"{self.cfg.architecture} SAEs have no thresholds to initialise")
 
     # -- encoding -------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:

@@ -170,15 +170,15 @@ class JumpReLUSAE(SAE):
         sparsity = l0.mean()
         return StepOutput(mse + coeff * sparsity, mse, sparsity, mse.new_zeros(()), x_hat.detach(), active)
 
-    has_thresholds = True
-
     @torch.no_grad()
-    def init_thresholds(self, theta: Tensor) -> None:
-        theta = theta.to(self.b_enc.device, torch.float32)  # (d_sae,)
-        if self.cfg.threshold_param == "log":
-            self.log_threshold.copy_(theta.log())
+    def init_thresholds(self, theta: Tensor, latents: Tensor | None = None) -> None:
+        theta = theta.to(self.b_enc.device, torch.float32)  # (n,)
+        (param,) = self.threshold_parameters()
+        value = theta.log() if self.cfg.threshold_param == "log" else theta
+        if latents is None:
+            param.copy_(value)
         else:
-            self.raw_threshold.copy_(theta)
+            param[latents] = value
 
     def threshold_parameters(self) -> list[nn.Parameter]:
         return [self.log_threshold if self.cfg.threshold_param == "log" else self.raw_threshold]

@@ -9,7 +9,9 @@ it writes that mass into the reconstruction as noise the model downstream reads 
 
 - `decoder_init="data"`: each decoder row starts as one centred training activation (distinct tokens of
   the normalisation sample), scaled to unit norm: its mass sits in the data's directions in proportion
-  to their variance. The encoder starts as the decoder's transpose, as the paper's.
+  to their variance. The encoder starts as the decoder's transpose, as the paper's, scaled so that the first
+  reconstruction is the least-squares best multiple of itself (`fit_encoder_scale`): data rows overlap each
+  other and the tokens far more than random ones, and the unscaled transpose reconstructs many times the input.
 - `threshold_init_rate=p` (JumpReLU): each threshold starts at the (1 - p) quantile of its latent's
   pre-activations on the sample, so that every latent fires on a fraction p of tokens from the first
   step instead of half of them.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from trainer.saes.base import SAE
 
 QUANTILE_TOKENS = 16_384
 """Sample tokens the threshold quantiles are read from (enough for a quantile of 1e-3 to rest on 16)."""
@@ -42,6 +46,17 @@ def data_directions(sample: Tensor, centre: Tensor, d_sae: int, generator: torch
     return rows / norms
 
 
+@torch.no_grad()
+def fit_encoder_scale(sae: SAE, probe: Tensor) -> None:
+    """Scale W_enc so that the SAE's reconstruction of probe (N, d_in), less b_dec, is the least-squares
+    best multiple of what it was (left as it is if that multiple is not positive)."""
+    target = probe - sae.b_dec  # (N, d_in)
+    first = sae.decode(sae.encode(probe)) - sae.b_dec  # (N, d_in)
+    fit = float((first * target).sum() / first.pow(2).sum().clamp_min(1e-12))
+    if fit > 0:
+        sae.W_enc.mul_(fit)
+
+
 def quantile_thresholds(pre: Tensor, rate: float) -> Tensor:
     """(d_sae,) thresholds at which each latent fires on a fraction `rate` of the tokens of pre
     (N, d_sae): the (1 - rate) quantile of each column, kept above zero (theta > 0)."""
@@ -54,4 +69,4 @@ def quantile_thresholds(pre: Tensor, rate: float) -> Tensor:
     return theta.clamp_min(1e-6)
 
 
-__all__ = ["QUANTILE_TOKENS", "data_directions", "quantile_thresholds"]
+__all__ = ["QUANTILE_TOKENS", "data_directions", "fit_encoder_scale", "quantile_thresholds"]

@@ -12,8 +12,6 @@ latents' mean second moment), so that its first updates are not outsized.
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 from torch import Tensor, nn
 
@@ -47,11 +45,9 @@ def resample_dead(
     sae.W_dec[idx] = rows.to(sae.W_dec.dtype)
     sae.W_enc[:, idx] = (rows.T * (ENCODER_SCALE * enc_norm)).to(sae.W_enc.dtype)
     sae.b_enc[idx] = 0.0
-    if sae.has_thresholds:
-        theta = cast(Tensor, sae.threshold).detach().clone()  # (d_sae,): JumpReLU's threshold property
+    if sae.threshold_parameters():
         rate = min(0.5, max(1.0 / x.shape[0], l0 / int(live.sum())))  # the live latents' mean firing rate
-        theta[idx] = quantile_thresholds(sae.pre_acts(x.float())[:, idx], rate)
-        sae.init_thresholds(theta)
+        sae.init_thresholds(quantile_thresholds(sae.pre_acts(x.float())[:, idx], rate), idx)
     _reset_moments(sae, optimizer, idx, live)
     sae.tokens_since_fired[idx] = 0
     return n_dead
@@ -68,13 +64,10 @@ def _reset_moments(sae: SAE, optimizer: torch.optim.Optimizer, idx: Tensor, live
             state = optimizer.state.get(param)
             if dim is None or not state or "exp_avg" not in state:
                 continue
-            for key in ("exp_avg", "exp_avg_sq"):
-                moment = state[key]
-                if key == "exp_avg":
-                    moment.index_fill_(dim, idx, 0.0)
-                else:
-                    typical = moment.index_select(dim, live.nonzero().squeeze(1)).mean(dim, keepdim=True)
-                    moment.index_copy_(dim, idx, typical.expand_as(moment.index_select(dim, idx)).contiguous())
+            state["exp_avg"].index_fill_(dim, idx, 0.0)
+            second = state["exp_avg_sq"]
+            typical = second.index_select(dim, live.nonzero().squeeze(1)).mean(dim, keepdim=True)
+            second.index_copy_(dim, idx, typical.expand_as(second.index_select(dim, idx)).contiguous())
 
 
 __all__ = ["ENCODER_SCALE", "resample_dead"]

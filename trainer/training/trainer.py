@@ -32,7 +32,7 @@ from trainer.saes.base import SAE, StepOutput
 from trainer.saes.config import SAEConfig
 from trainer.saes.registry import build_sae
 from trainer.training.config import TrainConfig, lr_at, sparsity_at, sparsity_coeff
-from trainer.training.data_init import QUANTILE_TOKENS, data_directions, quantile_thresholds
+from trainer.training.data_init import QUANTILE_TOKENS, data_directions, fit_encoder_scale, quantile_thresholds
 from trainer.training.distributed import DistContext, all_reduce_sum, barrier, setup, teardown
 from trainer.training.malloc import keep_freed_memory
 from trainer.training.resample import resample_dead
@@ -164,20 +164,15 @@ class Trainer:
         """The data-driven starts (trainer.training.data_init), on sample (N, d_in) in normalised units;
         the same on every rank (the same sample and seed)."""
         cfg = self.cfg
+        if cfg.decoder_init == "random" and cfg.threshold_init_rate is None:
+            return  # the paper's start
         probe = sample[:QUANTILE_TOKENS].to(device).float()  # (N, d_in)
         with torch.no_grad():
             if cfg.decoder_init == "data":
                 gen = torch.Generator().manual_seed(cfg.seed)
                 rows = data_directions(sample, sample.mean(0), self.sae_cfg.d_sae, gen)  # (d_sae, d_in)
                 sae.init_directions(rows.to(device))
-                # Data rows overlap each other (and the tokens) far more than random ones, so W_enc = W_dec^T
-                # would reconstruct many times the input: scale the encoder to the least-squares best
-                # multiple of its first reconstruction.
-                target = probe - sae.b_dec  # (N, d_in)
-                first = sae.decode(sae.encode(probe)) - sae.b_dec  # (N, d_in)
-                fit = float((first * target).sum() / first.pow(2).sum().clamp_min(1e-12))
-                if fit > 0:
-                    sae.W_enc.mul_(fit)
+                fit_encoder_scale(sae, probe)
             if cfg.threshold_init_rate is not None:
                 pre = sae.pre_acts(probe)  # (N, d_sae)
                 sae.init_thresholds(quantile_thresholds(pre, cfg.threshold_init_rate))
@@ -245,7 +240,7 @@ class Trainer:
         thresholds = sae.threshold_parameters()
         if cfg.threshold_lr_scale != 1.0 and not thresholds:
             raise ValueError(f"threshold_lr_scale: {self.sae_cfg.architecture} SAEs have no thresholds")
-        if cfg.threshold_init_rate is not None and not sae.has_thresholds:
+        if cfg.threshold_init_rate is not None and not thresholds:
             raise ValueError(f"threshold_init_rate: {self.sae_cfg.architecture} SAEs have no thresholds")
         rest = [p for p in sae.parameters() if all(p is not t for t in thresholds)]
         groups = [{"params": rest, "lr_scale": 1.0}]
