@@ -1,10 +1,13 @@
-"""Configuration from the environment (prefix JUMPSCOPE_, plus the conventional DATABASE_URL)."""
+"""Configuration from the environment (prefix JUMPSCOPE_, plus the conventional DATABASE_URL).
+
+README, "Security model", says which of these a public deployment must set.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///jumpscope.db"
@@ -27,15 +30,58 @@ class Settings(BaseSettings):
         "holds their location.",
     )
     runs_dir: Path = Field(Path("runs/jobs"), description="Where queued jobs write their outputs and checkpoints.")
+    datasets_dir: Path | None = Field(
+        None,
+        description="The only local folder a queued job may read text datasets and activation caches from "
+        "(hub dataset names stay allowed); unset = queued jobs may use hub names only.",
+    )
     worker_url: str | None = Field(
         None,
         description="Base URL of a `jumpscope worker` that encodes (e.g. http://gpu-box:8001); unset = encode "
         "in the web server process.",
     )
+    worker_token: SecretStr | None = Field(
+        None,
+        description="Shared secret between the web server and `jumpscope worker`: when set, the worker refuses "
+        "any caller without it (401/403) and the web server sends it.",
+    )
     max_loaded_saes: int = Field(2, ge=1, description="SAEs (with their models) the encoder keeps loaded (LRU).")
     encode_max_tokens: int = Field(1024, ge=1, description="Tokens per text an encode request may hold.")
-    encode_window_ms: float = Field(10.0, ge=0, description="How long the encoder collects requests into a batch.")
-    encode_max_batch: int = Field(32, ge=1, description="Texts per encoder forward pass.")
-    encode_batching: bool = Field(True, description="Batch concurrent encode requests together.")
+    encode_max_values: int = Field(
+        500_000,
+        ge=1,
+        description="Values one encode reply may hold: over all texts, tokens x active features returned plus "
+        "tokens x `features` asked for densely. A larger request gets 422 (ask for top_k or fewer texts).",
+    )
+    encode_max_concurrent: int = Field(
+        2, ge=1, description="Encode requests this process works on at once; further ones wait their turn."
+    )
+    encode_max_waiting: int = Field(
+        32, ge=0, description="Encode requests that may wait for a turn; beyond that the server answers 429."
+    )
+    encode_requires_token: bool = Field(
+        False,
+        description="Encoding (the expensive endpoints) needs a valid bearer token (any rater's), while "
+        "reading stays open.",
+    )
+    encode_rate_limit: str = Field(
+        "120/minute",
+        description="Encode requests per token (or per client address without one), in the `limits` notation "
+        "('120/minute', '10/second;500/hour'); '' turns the limit off.",
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where rate-limit counters live (a `limits` storage URI): memory:// counts per process; "
+        "redis://host:6379 shares them between several `serve --workers` processes.",
+    )
+    job_max_tokens: int = Field(
+        2_000_000_000, ge=1, description="Tokens a queued training or indexing job may ask for."
+    )
+    job_max_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory a queued job may need by its estimate (SAE weights, optimiser state and a batch "
+        "of activations); unset = this machine's physical memory.",
+    )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     device: str = Field("auto", description="auto, cpu or cuda for the encoder and jobs.")
