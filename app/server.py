@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.settings import Settings
 
@@ -26,55 +25,17 @@ OPEN_WRITES_WARNING = (
 )
 
 
-class BodyLimit:
-    """Answer 413 to request bodies over `limit` bytes (declared or streamed)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
-
-
 def create_app(settings: Settings | None = None, *, encoder: Any = None) -> FastAPI:
     """The FastAPI app for `settings` (default: from the environment); `encoder` overrides the configured one."""
+    from app.auth.rate_limit import RateLimiter
     from app.catalog import api as catalog_api
     from app.catalog import pages as catalog_pages
     from app.core import errors, health
+    from app.core.body_limit import BodyLimit
     from app.core.database import check_schema, engine_for, session_factory
     from app.encoding import api as encoding_api
     from app.encoding.encoder import make_encoder
+    from app.encoding.gate import EncodeGate
     from app.features import api as features_api
     from app.features import pages as features_pages
     from app.jobs import api as jobs_api
@@ -110,11 +71,14 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     app.state.settings = settings
     app.state.engine = engine_for(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
-    app.state.encode_targets = {}  # SAE name -> (time, encoder target), see app.encoding.api
+    app.state.encode_targets = {}  # SAE name -> (time, encoder target), see app.encoding.service
+    app.state.encode_gate = EncodeGate(settings.encode_max_concurrent, settings.encode_max_waiting)
+    app.state.encode_rate = RateLimiter(settings.encode_rate_limit, settings.rate_limit_storage)
     app.state.encoder = encoder or make_encoder(
-        settings.worker_url, max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,
-        max_batch_texts=settings.encode_max_batch, window_ms=settings.encode_window_ms,
-        batching=settings.encode_batching, device=settings.device,
+        settings.worker_url, worker_token=settings.worker_token, max_loaded=settings.max_loaded_saes,
+        max_tokens=settings.encode_max_tokens, max_batch_texts=settings.encode_max_batch,
+        window_ms=settings.encode_window_ms, batching=settings.encode_batching, device=settings.device,
+        max_values=settings.encode_max_values,
     )  # fmt: skip
     errors.install(app)
     for module in (health, catalog_api, features_api, ratings_api, encoding_api, jobs_api, sweeps_api):
@@ -122,7 +86,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     rendering.mount(app)  # /static, and HTML 404 pages for browsers
     for module in (catalog_pages, features_pages, ratings_pages, studies_pages, jobs_pages, sweeps_pages):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before any route reads
     return app
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
+from app.auth.names import NAME_RULE, check_name
 from app.core.commands import console, fail, open_store
 
 users_app = typer.Typer(help="API tokens: who may write ratings and queue jobs.", no_args_is_help=True)
@@ -13,18 +15,20 @@ users_app = typer.Typer(help="API tokens: who may write ratings and queue jobs."
 
 @users_app.command("add")
 def users_add(
-    name: Annotated[str, typer.Argument(help="The rater name the token writes as.")],
+    name: Annotated[str, typer.Argument(help=f"The rater name the token writes as: {NAME_RULE}.")],
     admin: Annotated[bool, typer.Option(help="May also queue jobs.")] = False,
 ) -> None:
     """Create a token for NAME and print it (it is stored hashed and cannot be shown again)."""
     from app.auth.tokens import add_token
     from app.core.database import session_scope
 
-    if not name.strip() or len(name) > 100 or "\x00" in name:
-        raise fail("NAME must hold 1 to 100 characters")
+    try:
+        check_name(name)
+    except ValueError as err:
+        raise fail(escape(f"NAME: {err}")) from None
     with session_scope(open_store()) as session:
-        token = add_token(session, name.strip(), admin=admin)
-    console.print(f"token for {name.strip()!r}{' (admin)' if admin else ''}; keep it, it is shown only once:")
+        token = add_token(session, name, admin=admin)
+    console.print(f"token for {name!r}{' (admin)' if admin else ''}; keep it, it is shown only once:")
     typer.echo(token)
 
 
@@ -54,8 +58,8 @@ def users_remove(name: Annotated[str, typer.Argument(help="Remove every token of
     with session_scope(open_store()) as session:
         n = remove_tokens(session, name)
     if n == 0:
-        raise fail(f"no tokens for {name!r}")
-    console.print(f"removed {n} token(s) of {name!r}")
+        raise fail(escape(f"no tokens for {name!r}"))
+    console.print(escape(f"removed {n} token(s) of {name!r}"))
 
 
 def register(cli: typer.Typer) -> None:

@@ -1,11 +1,12 @@
-"""FastAPI dependencies for writes: who the caller is (a rater or an admin), from the bearer token."""
+"""FastAPI dependencies: who writes (a rater or an admin, from the bearer token), and who encodes."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 
+from app.auth.encode_access import encode_client
 from app.auth.tokens import Caller, authenticate
 from app.core.deps import SessionDep
 
@@ -22,3 +23,13 @@ def admin(session: SessionDep, authorization: Annotated[str | None, BEARER] = No
 
 WriterDep = Annotated[Caller, Depends(writer)]
 AdminDep = Annotated[Caller, Depends(admin)]
+
+
+def encoder_client(request: Request, session: SessionDep, authorization: Annotated[str | None, BEARER] = None) -> str:
+    """The encode caller's rate-limit key, after the token rule and the rate limit (app.auth.encode_access)."""
+    state = request.app.state
+    return encode_client(session, authorization, request.client.host if request.client else None,
+                         requires_token=state.settings.encode_requires_token, limiter=state.encode_rate)  # fmt: skip
+
+
+EncodeClientDep = Annotated[str, Depends(encoder_client)]

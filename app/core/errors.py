@@ -2,11 +2,12 @@
 
 Domains subclass these (catalog's NotFound, encoding's EncodeError, ...) so that the server maps
 them without importing any domain: NotFound -> 404, InvalidInput -> 422, Unavailable -> 503,
-AuthError -> its own 401 / 403.
+AuthError -> its own 401 / 403, TooManyRequests -> 429.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,15 @@ class NotFound(ValueError):
 
 class Unavailable(RuntimeError):
     """A service the request needs is down (e.g. the encoder): HTTP 503."""
+
+
+class TooManyRequests(Exception):
+    """A caller over its rate limit, or more waiting work than the server takes: HTTP 429 with Retry-After."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 class AuthError(Exception):
@@ -50,6 +60,9 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "The token may not do this"},
 }
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorOut, "description": "No encoder is available"}}
+BUSY: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "description": "Over the rate limit, or the server is busy: retry after Retry-After s"}
+}
 
 
 def install(app: FastAPI) -> None:
@@ -71,6 +84,13 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
     app.add_exception_handler(AuthError, auth)
+
+    async def busy(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TooManyRequests)
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return JSONResponse({"detail": exc.detail}, status_code=429, headers=headers)
+
+    app.add_exception_handler(TooManyRequests, busy)
 
     async def invalid(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

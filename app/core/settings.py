@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///jumpscope.db"
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     )
     max_loaded_saes: int = Field(2, ge=1, description="SAEs (with their models) the encoder keeps loaded (LRU).")
     encode_max_tokens: int = Field(1024, ge=1, description="Tokens per text an encode request may hold.")
+    encode_window_ms: float = Field(10.0, ge=0, description="How long the encoder collects requests into a batch.")
+    encode_max_batch: int = Field(32, ge=1, description="Texts per encoder forward pass.")
+    encode_batching: bool = Field(True, description="Batch concurrent encode requests together.")
     encode_max_values: int = Field(
         500_000,
         ge=1,
@@ -65,10 +68,25 @@ class Settings(BaseSettings):
         "reading stays open.",
     )
     encode_rate_limit: str = Field(
-        "120/minute",
+        "",
         description="Encode requests per token (or per client address without one), in the `limits` notation "
-        "('120/minute', '10/second;500/hour'); '' turns the limit off.",
+        "('120/minute', '10/second;500/hour'); '' (the default) = no limit. A public deployment sets one.",
     )
+
+    @field_validator("encode_rate_limit")
+    @classmethod
+    def _rate_limit(cls, spec: str) -> str:
+        from limits import parse_many
+
+        if spec.strip():
+            try:
+                parse_many(spec)
+            except ValueError as err:
+                raise ValueError(
+                    f"{spec!r} is not a rate limit: write e.g. '120/minute' or '10/second;500/hour'"
+                ) from err
+        return spec
+
     rate_limit_storage: str = Field(
         "memory://",
         description="Where rate-limit counters live (a `limits` storage URI): memory:// counts per process; "

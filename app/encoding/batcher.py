@@ -29,12 +29,18 @@ class EncodeJob:
     top_k: int | None
     features: list[int] | None
     include_bos: bool
+    max_values: int = 2**62
+    """Values this job's encodings may hold (tokens x active features kept + tokens x dense features)."""
+    values: int = 0
+    """Values counted so far (by the encoder, text by text)."""
+    error: EncodeError | None = None
+    """Set by the encoder when the job failed alone (e.g. its reply grew over max_values)."""
     future: asyncio.Future[list[TextEncoding]] | None = None
     """Where a batched job's result goes (set by `Batcher.submit`)."""
 
 
-RunBatch = Callable[[list[EncodeJob]], Awaitable[list[list[TextEncoding]]]]
-"""Runs a batch of jobs for one target: one list of encodings per job, in order."""
+RunBatch = Callable[[list[EncodeJob]], Awaitable[list[list[TextEncoding] | EncodeError]]]
+"""Runs a batch of jobs for one target: one list of encodings (or the job's own error) per job, in order."""
 
 
 @dataclass
@@ -101,7 +107,10 @@ class Batcher:
                     continue
                 for job, result in zip(batch, results, strict=True):
                     if job.future is not None and not job.future.done():
-                        job.future.set_result(result)
+                        if isinstance(result, EncodeError):
+                            job.future.set_exception(result)
+                        else:
+                            job.future.set_result(result)
         finally:
             if self._groups.get(key) is group:
                 del self._groups[key]

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 from app.encoding.remote import RemoteEncoder
 
 if TYPE_CHECKING:
     from app.encoding.local import LocalEncoder
 
 
-def make_encoder(worker_url: str | None, **local_kwargs: Any) -> LocalEncoder | RemoteEncoder:
-    """A RemoteEncoder for worker_url if given, else a LocalEncoder(**local_kwargs)."""
+def make_encoder(
+    worker_url: str | None, *, worker_token: str | SecretStr | None = None, **local_kwargs: Any
+) -> LocalEncoder | RemoteEncoder:
+    """A RemoteEncoder for worker_url (sending worker_token) if given, else a LocalEncoder(**local_kwargs)."""
     if worker_url:
-        return RemoteEncoder(worker_url)
+        return RemoteEncoder(worker_url, token=worker_token)
     from app.encoding.local import LocalEncoder
 
     return LocalEncoder(**local_kwargs)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from app.core.redact import redact_paths
 from app.encoding.batcher import Batcher, EncodeJob
 from app.encoding.types import EncodeError, EncoderUnavailable, SAETarget, TextEncoding
 from trainer.formats.files import SAEFormatError
@@ -37,8 +38,8 @@ from trainer.saes.base import SAE
 
 log = logging.getLogger(__name__)
 
-INLINE_TOKENIZE_CHARS = 100_000
-"""Requests with more characters than this are tokenised in a thread, not on the event loop."""
+DEFAULT_MAX_VALUES = 500_000
+"""Values one request's encodings may hold by default (Settings.encode_max_values)."""
 
 
 @dataclass
@@ -76,6 +77,13 @@ def _check_request(texts: list[str], top_k: int | None, features: list[int] | No
         raise EncodeError("features must be a list of integer feature indices")
 
 
+def _result(result: list[TextEncoding] | EncodeError) -> list[TextEncoding]:
+    """A job's encodings, or its error raised."""
+    if isinstance(result, EncodeError):
+        raise result
+    return result
+
+
 class LocalEncoder:
     """Encodes text with SAEs loaded in this process; see the module docstring.
 
@@ -87,6 +95,9 @@ class LocalEncoder:
     are taken longest first), so that padding is at most about half of a pass; 0 packs by count and
     token budget only. window_ms: how long the first request of a batch waits for others.
     batching: False runs every request in its own forward pass. device: auto, cpu, cuda or cuda:N.
+    max_values: values one request's encodings may hold (over its texts: tokens x active features
+    kept, plus tokens x `features` asked for densely); a request over it gets EncodeError, and
+    nothing of it is built.
     """
 
     def __init__(
@@ -100,9 +111,12 @@ class LocalEncoder:
         batching: bool = True,
         max_batch_tokens: int = 16_384,
         min_fill: float = 0.5,
+        max_values: int = DEFAULT_MAX_VALUES,
     ) -> None:
-        if max_loaded < 1 or max_tokens < 1 or max_batch_texts < 1 or max_batch_tokens < 1:
-            raise ValueError("max_loaded, max_tokens, max_batch_texts and max_batch_tokens must be at least 1")
+        if min(max_loaded, max_tokens, max_batch_texts, max_batch_tokens, max_values) < 1:
+            raise ValueError(
+                "max_loaded, max_tokens, max_batch_texts, max_batch_tokens and max_values must be at least 1"
+            )
         if not 0 <= min_fill <= 1:
             raise ValueError(f"min_fill must be between 0 and 1, got {min_fill}")
         if window_ms < 0:
@@ -111,6 +125,7 @@ class LocalEncoder:
         self.max_tokens = max_tokens
         self.max_batch_texts = max_batch_texts
         self.max_batch_tokens = max_batch_tokens
+        self.max_values = max_values
         self.min_fill = min_fill
         self.window_ms = window_ms
         self.device = device
@@ -150,14 +165,12 @@ class LocalEncoder:
         entry = self._peek(target)
         if entry is None:
             entry = await asyncio.to_thread(self._get, target)
-        if sum(len(t) for t in texts) > INLINE_TOKENIZE_CHARS:
-            job = await asyncio.to_thread(self._prepare, entry, target, texts, top_k, features, include_bos)
-        else:
-            job = self._prepare(entry, target, texts, top_k, features, include_bos)
+        # Tokenising takes milliseconds to a second of CPU: never on the event loop.
+        job = await asyncio.to_thread(self._prepare, entry, target, texts, top_k, features, include_bos)
         if not self.batching:
-            return (await self._in_worker(entry, target, [job]))[0]
+            return _result((await self._in_worker(entry, target, [job]))[0])
 
-        async def run(jobs: list[EncodeJob]) -> list[list[TextEncoding]]:
+        async def run(jobs: list[EncodeJob]) -> list[list[TextEncoding] | EncodeError]:
             return await self._in_worker(entry, target, jobs)
 
         return await self._batcher.submit(target, job, run)
@@ -175,7 +188,7 @@ class LocalEncoder:
         _check_request(texts, top_k, features, self.max_batch_texts)
         entry = self._get(target)
         job = self._prepare(entry, target, texts, top_k, features, include_bos)
-        return self._run_jobs(entry, target, [job])[0]
+        return _result(self._run_jobs(entry, target, [job])[0])
 
     async def health(self) -> str:
         """'ok': a local encoder is always there (loading errors are per SAE)."""
@@ -268,9 +281,10 @@ class LocalEncoder:
             try:
                 model = load_model(name, device=self.device)
             except ModelError as err:
-                raise EncoderUnavailable(f"cannot load model {name}: {err}") from err
+                raise EncoderUnavailable(f"cannot load model {redact_paths(name)}: {redact_paths(str(err))}") from err
             except Exception as err:  # a broken folder or out of memory: still 503, never a 500
-                raise EncoderUnavailable(f"cannot load model {name}: {type(err).__name__}: {err}") from err
+                detail = f"{type(err).__name__}: {redact_paths(str(err))}"
+                raise EncoderUnavailable(f"cannot load model {redact_paths(name)}: {detail}") from err
             with self._guard:
                 self._models[name] = model
                 self.model_loads += 1
@@ -279,20 +293,20 @@ class LocalEncoder:
     @staticmethod
     def _load_sae(target: SAETarget, model: LoadedModel) -> SAE:
         """Load and check an SAE against its model; EncoderUnavailable naming the SAE and the reason."""
-        where = f"SAE {target.name!r} ({target.path})"
+        where = f"SAE {target.name!r}"  # never the folder: error texts reach callers, host paths must not
         try:
             sae = load_native(target.path, device=model.device).sae
         except SAEFormatError as err:
-            raise EncoderUnavailable(f"cannot load {where}: {err}") from err
+            raise EncoderUnavailable(f"cannot load {where}: {redact_paths(str(err))}") from err
         try:
             check_site(model.model, target.layer, target.site)
             width = site_width(model.model, target.site)
         except SiteError as err:
-            raise EncoderUnavailable(f"{where} does not fit model {target.model}: {err}") from err
+            raise EncoderUnavailable(f"{where} does not fit model {redact_paths(target.model)}: {err}") from err
         if sae.cfg.d_in != width:
             raise EncoderUnavailable(
-                f"{where} does not fit model {target.model}: the SAE reads {sae.cfg.d_in}-wide activations, "
-                f"the {target.site} site is {width} wide"
+                f"{where} does not fit model {redact_paths(target.model)}: the SAE reads {sae.cfg.d_in}-wide "
+                f"activations, the {target.site} site is {width} wide"
             )
         sae.eval()
         sae.requires_grad_(False)
@@ -322,7 +336,8 @@ class LocalEncoder:
         bos_id = tokenizer.bos_token_id
         if target.prepend_bos and bos_id is None:
             raise EncoderUnavailable(
-                f"SAE {target.name!r} was trained with BOS but the tokenizer of {target.model} has no BOS token"
+                f"SAE {target.name!r} was trained with BOS but the tokenizer of {redact_paths(target.model)} "
+                "has no BOS token"
             )
         encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
         ids_list: list[list[int]] = []
@@ -341,10 +356,20 @@ class LocalEncoder:
                     f"{which} has {len(ids)} tokens{bos_note}, over the limit of {self.max_tokens} tokens per text"
                 )
             ids_list.append(ids)
-        return EncodeJob(ids_list, target.prepend_bos, top_k, None if features is None else list(features), include_bos)
+        n_tokens = sum(len(ids) - (1 if target.prepend_bos and not include_bos else 0) for ids in ids_list)
+        dense = n_tokens * len(features or ())
+        if dense > self.max_values:
+            raise EncodeError(
+                f"the reply would hold {dense:,} dense values ({n_tokens:,} tokens x {len(features or ())} features), "
+                f"over this server's limit of {self.max_values:,} values per request: ask for fewer features or texts"
+            )
+        return EncodeJob(ids_list, target.prepend_bos, top_k, None if features is None else list(features), include_bos,
+                         max_values=self.max_values)  # fmt: skip
 
     # -- batching (app.encoding.batcher) and the worker thread -------------------------------
-    async def _in_worker(self, entry: _Entry, target: SAETarget, jobs: list[EncodeJob]) -> list[list[TextEncoding]]:
+    async def _in_worker(
+        self, entry: _Entry, target: SAETarget, jobs: list[EncodeJob]
+    ) -> list[list[TextEncoding] | EncodeError]:
         """_run_jobs in the worker thread."""
         loop = asyncio.get_running_loop()
         try:
@@ -355,17 +380,26 @@ class LocalEncoder:
             raise EncoderUnavailable(f"the encoder is shut down: {err}") from err  # executor closed
 
     # -- forward passes -----------------------------------------------------------------------
-    def _run_jobs(self, entry: _Entry, target: SAETarget, jobs: list[EncodeJob]) -> list[list[TextEncoding]]:
-        """Encode every text of the jobs: longest first, in forward passes of bounded padded size."""
+    def _run_jobs(
+        self, entry: _Entry, target: SAETarget, jobs: list[EncodeJob]
+    ) -> list[list[TextEncoding] | EncodeError]:
+        """Encode every text of the jobs: longest first, in forward passes of bounded padded size.
+
+        A job whose reply grows over max_values gets its EncodeError in its place; the others are not affected.
+        """
         try:
             return self._run_jobs_unchecked(entry, target, jobs)
         except (EncodeError, EncoderUnavailable):
             raise
         except Exception as err:  # out of memory, a model that fails on this input, ...: 503, never a 500
             log.exception("encoder: encoding with SAE %s failed", target.name)
-            raise EncoderUnavailable(f"encoding with SAE {target.name!r} failed: {type(err).__name__}: {err}") from err
+            raise EncoderUnavailable(
+                f"encoding with SAE {target.name!r} failed: {type(err).__name__}: {redact_paths(str(err))}"
+            ) from err
 
-    def _run_jobs_unchecked(self, entry: _Entry, target: SAETarget, jobs: list[EncodeJob]) -> list[list[TextEncoding]]:
+    def _run_jobs_unchecked(
+        self, entry: _Entry, target: SAETarget, jobs: list[EncodeJob]
+    ) -> list[list[TextEncoding] | EncodeError]:
         items = [(j, t) for j, job in enumerate(jobs) for t in range(len(job.ids))]
 
         def length(item: tuple[int, int]) -> int:
@@ -386,11 +420,15 @@ class LocalEncoder:
             with self._forward_lock, torch.inference_mode():
                 x = self._forward(entry, target, seqs)  # (B, T, d_in)
                 for row, (j, t) in enumerate(chunk):
-                    out[j][t] = self._encoding(entry, jobs[j], seqs[row], x[row, : len(seqs[row])])
+                    if jobs[j].error is None:
+                        out[j][t] = self._encoding(entry, jobs[j], seqs[row], x[row, : len(seqs[row])])
                 with self._guard:
                     self.batches_run += 1
                     self.texts_run += len(chunk)
-        return [[enc for enc in row if enc is not None] for row in out]
+        return [
+            job.error if job.error is not None else [enc for enc in row if enc is not None]
+            for job, row in zip(jobs, out, strict=True)
+        ]
 
     @staticmethod
     def _forward(entry: _Entry, target: SAETarget, seqs: list[list[int]]) -> Tensor:
@@ -410,16 +448,26 @@ class LocalEncoder:
         return harvest(model.model, input_ids.to(model.device), attention, target.layer, target.site)
 
     @staticmethod
-    def _encoding(entry: _Entry, job: EncodeJob, ids: list[int], x: Tensor) -> TextEncoding:
-        """(T, d_in) activations of one text -> its TextEncoding (reduced at once: never (B, T, d_sae))."""
+    def _encoding(entry: _Entry, job: EncodeJob, ids: list[int], x: Tensor) -> TextEncoding | None:
+        """(T, d_in) activations of one text -> its TextEncoding (reduced at once: never (B, T, d_sae)).
+
+        None, with job.error set, when the job's reply would grow over its value budget.
+        """
         sae = entry.sae
         f = sae.encode(x.to(sae.W_enc.dtype))  # (T, d_sae)
         if job.has_bos and not job.include_bos:
             ids, f = ids[1:], f[1:]
-        n_active = (f != 0).sum(dim=1)  # (T,)
-        k = int(n_active.max()) if len(ids) else 0
+        n_active = torch.count_nonzero(f, dim=1)  # (T,)
         if job.top_k is not None:
-            k = min(k, job.top_k)
+            n_active = n_active.clamp(max=job.top_k)
+        job.values += int(n_active.sum()) + len(ids) * len(job.features or ())
+        if job.values > job.max_values:
+            job.error = EncodeError(
+                f"the reply would hold more than {job.max_values:,} values (this server's limit per request): "
+                "ask for top_k (the strongest features per token), fewer texts or shorter ones"
+            )
+            return None
+        k = int(n_active.max()) if len(ids) else 0
         activations: list[list[tuple[int, float]]] = [[] for _ in ids]
         if k > 0:
             # All four architectures give f >= 0, so the k largest hold every active feature of a row.

@@ -1,8 +1,9 @@
 """The encoder of a web server that holds no model: it asks a `jumpscope worker` over HTTP.
 
-`RemoteEncoder` posts the request `LocalEncoder.encode` takes to the worker's encode API
-(app.encoding.worker_api) and turns its replies back into `TextEncoding`s and the errors of
-app.encoding.types. Torch-free.
+`RemoteEncoder` posts the SAE's name and the encode options to the worker's encode API
+(app.encoding.worker_api), which looks the SAE up in its own store, and turns its replies back into
+`TextEncoding`s and the errors of app.encoding.types. It sends the shared secret
+(JUMPSCOPE_WORKER_TOKEN) as a bearer token when it has one. Torch-free.
 """
 
 from __future__ import annotations
@@ -10,20 +11,29 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import SecretStr
+
 from app.encoding.types import EncodeError, EncoderUnavailable, SAETarget, TextEncoding
 
 
 class RemoteEncoder:
     """Encodes through a `jumpscope worker` (app.encoding.worker_api) at base_url, over HTTP.
 
-    A 422 reply becomes EncodeError(detail); no connection, a timeout or any other reply becomes
-    EncoderUnavailable naming the URL. `transport` lets tests talk to an in-process app
-    (httpx.ASGITransport). One connection pool is kept per event loop.
+    A 422 reply becomes EncodeError(detail). A 401 / 403 (the worker wants another token than this
+    server's), a 404 (the worker's store does not hold the SAE: web server and worker use different
+    databases), no connection, a timeout or any other reply become EncoderUnavailable naming the URL,
+    never the token. `token`: the worker's shared secret (str or SecretStr; None sends none).
+    `transport` lets tests talk to an in-process app (httpx.ASGITransport). One connection pool is
+    kept per event loop.
     """
 
-    def __init__(self, base_url: str, timeout: float = 60, *, transport: Any = None) -> None:
+    def __init__(
+        self, base_url: str, timeout: float = 60, *, token: str | SecretStr | None = None, transport: Any = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+        self._headers = {"Authorization": f"Bearer {secret.strip()}"} if secret and secret.strip() else {}
         self._transport = transport
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -33,7 +43,7 @@ class RemoteEncoder:
 
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop or self._client.is_closed:
-            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
+            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport, headers=self._headers)
             self._client_loop = loop
         return self._client
 
@@ -52,17 +62,14 @@ class RemoteEncoder:
         features: list[int] | None = None,
         include_bos: bool = True,
     ) -> list[TextEncoding]:
-        """POST {base_url}/v1/encode: the target's fields plus texts, top_k, features, include_bos."""
+        """POST {base_url}/v1/encode: the SAE's name plus texts, top_k, features, include_bos.
+
+        Only the name travels: the worker takes weights, model, layer and site from its own store."""
         import httpx
 
         url = f"{self.base_url}/v1/encode"
         body = {
-            "name": target.name,
-            "path": target.path,
-            "model": target.model,
-            "layer": target.layer,
-            "site": target.site,
-            "prepend_bos": target.prepend_bos,
+            "sae": target.name,
             "texts": texts,
             "top_k": top_k,
             "features": features,
@@ -76,12 +83,23 @@ class RemoteEncoder:
             ) from err
         if reply.status_code == 422:
             raise EncodeError(_detail(reply))
+        if reply.status_code in (401, 403):
+            why = "this server sends no token" if not self._headers else "this server's token is not the worker's"
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} refused this server ({reply.status_code}): {why}; set the same "
+                "JUMPSCOPE_WORKER_TOKEN for `jumpscope serve` and `jumpscope worker`"
+            )
+        if reply.status_code == 404:
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} has no SAE named {target.name!r}: the web server and the worker "
+                "must use the same database (DATABASE_URL)"
+            )
         if reply.status_code != 200:
             raise EncoderUnavailable(
                 f"encoder worker at {self.base_url} answered {reply.status_code} to POST /v1/encode: {_detail(reply)}"
             )
         try:
-            results = reply.json()["results"]
+            results = (await asyncio.to_thread(reply.json))["results"]  # megabytes of JSON: off the event loop
             return [
                 TextEncoding(
                     tokens=list(r["tokens"]),

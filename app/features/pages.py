@@ -129,14 +129,25 @@ class Tried:
 
 async def _try_text(request: Request, name: str, index: int, text: str) -> Tried:
     """The no-JS 'try your own text': encode server-side (the JS calls the encode API instead)."""
-    from app.encoding.targets import encode_target
+    from app.auth.encode_access import encode_client
+    from app.core.errors import AuthError, TooManyRequests
+    from app.encoding.service import encode_texts
     from app.encoding.types import EncodeError, EncoderUnavailable
 
+    def access() -> str:  # the API's token rule and rate limit (the page sends no token)
+        state = request.app.state
+        with state.sessions() as session, session.begin():
+            host = request.client.host if request.client else None
+            return encode_client(session, None, host, requires_token=state.settings.encode_requires_token,
+                                 limiter=state.encode_rate)  # fmt: skip
+
     try:
-        target = await run_in_threadpool(encode_target, request, name)
-        [enc] = await request.app.state.encoder.encode(target, [text], top_k=1, features=[index], include_bos=True)
+        await run_in_threadpool(access)
+        [enc] = await encode_texts(request, name, [text], top_k=1, features=[index], include_bos=True)
     except (EncodeError, RegistryError) as e:
         return Tried(error=str(e))
+    except (AuthError, TooManyRequests) as e:
+        return Tried(error=str(e.detail))
     except EncoderUnavailable as e:
         return Tried(error=f"no encoder is available: {e}")
     values = [float(v) for v in (enc.dense or {}).get(index) or [0.0] * len(enc.tokens)]

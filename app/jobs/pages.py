@@ -1,4 +1,8 @@
-"""The jobs pages: the latest jobs, and one job with its training curves (refreshing while it runs)."""
+"""The jobs pages: the latest jobs, and one job with its training curves (refreshing while it runs).
+
+Like the API, a page shows a job's texts whole only to an admin (a request with an admin bearer token,
+or any request while no token is configured); everyone else sees host paths as `<path>` (app.jobs.views).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from app.core.tables import ACTIVE_JOB_STATUSES, Job
+from app.jobs.views import job_fields, reader_is_admin
 from app.web.params import page_session, parse_index
 from app.web.rendering import error_page, render
 from app.web.svg import line_chart_svg
@@ -22,9 +27,11 @@ router = APIRouter(include_in_schema=False)
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request) -> HTMLResponse:
     with page_session(request) as session:
+        admin = reader_is_admin(session, request.headers.get("authorization"))
         jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(100)).all()
-        rows = [{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress, "message": j.message,
-                 "created_at": j.created_at, "name": (j.params or {}).get("name") or (j.params or {}).get("sae")}
+        rows = [{"id": j.id, "kind": j.kind, "status": j.status, "progress": j.progress,
+                 "message": job_fields(j, admin)["message"], "created_at": j.created_at,
+                 "name": (j.params or {}).get("name") or (j.params or {}).get("sae")}
                 for j in jobs]  # fmt: skip
     return render(request, "jobs.html", {"jobs": rows})
 
@@ -48,10 +55,11 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
         if job is None:
             return error_page(request, 404, "No such job", f"There is no job {job_id}.")
         metrics = list(job.metrics or [])
+        admin = reader_is_admin(session, request.headers.get("authorization"))
         view = {"id": job.id, "kind": job.kind, "status": job.status, "progress": job.progress or 0.0,
-                "message": job.message, "params": job.params or {}, "result": job.result or {}, "error": job.error,
-                "attempts": job.attempts, "worker": job.worker, "created_at": job.created_at,
-                "started_at": job.started_at, "finished_at": job.finished_at}  # fmt: skip
+                **job_fields(job, admin), "attempts": job.attempts, "worker": job.worker,
+                "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+                "redacted": not admin}  # fmt: skip
     charts = [line_chart_svg(_curve(metrics, key), label) for key, label in CURVES]
     last = metrics[-1] if metrics and isinstance(metrics[-1], dict) else {}
     return render(request, "job.html", {"job": view, "charts": charts, "last": last, "points": len(metrics),

@@ -5,28 +5,68 @@ Claiming is one atomic statement. On Postgres the candidate row is locked with
 each other; on SQLite (one writer at a time) a guarded UPDATE does the same. A job whose
 worker stopped heart-beating for `stale_after` seconds goes back to the queue, and its
 next run resumes from the checkpoint the last one left in its run folder.
+
+A train job's name is taken while the job is queued or running, and once its SAE is registered:
+`add_train_job` checks both and inserts under a lock on the name (a transaction-scoped advisory lock
+on Postgres, the database's write lock on SQLite), so two requests for one name never both get in.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, false, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from app.core.database import session_scope
-from app.core.tables import Job, utcnow
+from app.core.tables import ACTIVE_JOB_STATUSES, Job, SAERow, utcnow
 
 MAX_ATTEMPTS = 3
 MAX_METRIC_POINTS = 2000
 
 
+class NameTaken(Exception):
+    """A train job's name is registered or taken by a queued or running train job (HTTP 409)."""
+
+
 def enqueue(engine: Engine, kind: str, params: dict[str, Any]) -> int:
+    """Queue a job as given, unchecked (scripts and tests; the API uses add_job / add_train_job)."""
     with session_scope(engine) as session:
-        job = Job(kind=kind, params=params, status="queued", metrics=[], result={})
-        session.add(job)
-        session.flush()
-        return job.id
+        return add_job(session, kind, params).id
+
+
+def add_job(session: Session, kind: str, params: dict[str, Any]) -> Job:
+    """Queue a job in the caller's transaction."""
+    job = Job(kind=kind, params=params, status="queued", metrics=[], result={})
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _lock_name(session: Session, name: str) -> None:
+    """Hold a lock on a train job name until the caller's transaction ends."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"jumpscope train name {name}".encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:  # SQLite: a write statement takes the database's one write lock now, not at the insert
+        session.execute(update(Job).where(false()).values(status=Job.status))
+
+
+def add_train_job(session: Session, params: dict[str, Any]) -> Job:
+    """Queue a train job for params['name'] unless that name is taken (NameTaken); race-safe, see above."""
+    name = str(params["name"])
+    _lock_name(session, name)
+    if session.scalar(select(SAERow.id).where(SAERow.name == name)) is not None:
+        raise NameTaken(f"an SAE named {name!r} is already registered: choose another name")
+    active = session.execute(
+        select(Job.id, Job.status, Job.params).where(Job.kind == "train", Job.status.in_(ACTIVE_JOB_STATUSES))
+    ).all()
+    for job_id, status, other in active:
+        if isinstance(other, dict) and other.get("name") == name:
+            raise NameTaken(f"train job {job_id} ({status}) already trains an SAE named {name!r}: choose another name")
+    return add_job(session, "train", params)
 
 
 def requeue_stale(engine: Engine, stale_after: float) -> list[int]:

@@ -2,6 +2,10 @@
 
 A job's files live in `runs_dir/job-ID`; a training job started again after its worker died
 resumes from the checkpoint there.
+
+Before a runner reads data or allocates an SAE it checks the job again with this worker's own settings
+(app.jobs.checks: local data only inside JUMPSCOPE_DATASETS_DIR, tokens and the memory estimate,
+now with the real d_in); a job that breaks a rule fails with JobRejected.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from app.core.settings import Settings
+from app.jobs import checks
 from app.jobs.schemas import IndexJobParams, TrainJobParams
 
 
@@ -73,21 +78,30 @@ def run_train(
     from trainer.training.trainer import METRICS, TrainingInterrupted
 
     params = TrainJobParams.model_validate(raw)
+    dataset = checks.job_dataset(params.dataset, settings.datasets_dir, at_run=True)
+    activations = (
+        checks.local_path(params.activations, settings.datasets_dir, "activations") if params.activations else None
+    )
+    checks.check_tokens(settings, tokens=params.tokens, index_tokens=params.index_tokens)
+    checks.check_train_memory(settings, width=params.width, batch_size=params.batch_size,
+                              index_tokens=params.index_tokens)  # fmt: skip
     out = settings.runs_dir / f"job-{job_id}"
     out.mkdir(parents=True, exist_ok=True)
     report.update(0.0, "loading")
     source: ActivationSource
     meta: SAEMetadata
-    if params.activations:
-        shards = ShardSource(Path(params.activations), loop=True)
+    if activations is not None:
+        shards = ShardSource(activations, loop=True)
         source, meta = shards, metadata_from_shards(shards)
     else:
-        lm = lm_source(model=params.model, layer=params.layer, site=params.site, dataset=params.dataset,
+        lm = lm_source(model=params.model, layer=params.layer, site=params.site, dataset=dataset,
                        context_size=params.context_size, device=settings.device, loop=True)  # fmt: skip
         source, meta = lm, lm_metadata(lm)
+    shuffle = 0 if activations is not None else SHUFFLE_BUFFER
+    checks.check_train_memory(settings, width=params.width, batch_size=params.batch_size,
+                              index_tokens=params.index_tokens, d_in=source.d_in, buffer_tokens=shuffle)  # fmt: skip
     coeff = params.l0_coeff if architectures.get(params.architecture).penalty == "l0" else params.l1_coeff
     sae_cfg = SAEConfig(d_in=source.d_in, d_sae=params.width, architecture=params.architecture, k=params.k)
-    shuffle = 0 if params.activations else SHUFFLE_BUFFER
     train_cfg = TrainConfig(tokens=params.tokens, batch_size=params.batch_size, sparsity_coeff=coeff,
                             recipe=params.recipe, seed=params.seed, device=settings.device,  # type: ignore[arg-type]
                             shuffle_buffer=shuffle, checkpoint_every=params.checkpoint_every, log_every=10)  # fmt: skip
@@ -128,17 +142,26 @@ def run_index(
     *, engine: Engine, job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter
 ) -> dict[str, Any]:
     """Index a registered SAE (its progress is the share of tokens streamed); Ctrl-C or a stop is JobStopped."""
+    from app.catalog.saes import get_sae
+    from app.core.database import session_scope
     from app.features.indexer import IndexOptions, index_sae
     from trainer.analysis.feature_stats import StatsConfig
 
     params = IndexJobParams.model_validate(raw)
+    dataset = checks.job_dataset(params.dataset, settings.datasets_dir, at_run=True)
+    checks.check_tokens(settings, tokens=params.tokens)
+    with session_scope(engine) as session:
+        sae = get_sae(session, params.sae)
+        d_in, d_sae = sae.d_in, sae.d_sae
+    needed = checks.index_memory(d_in, d_sae, params.top_k, params.window)
+    checks.check_memory(needed, settings, "indexing this SAE", "top_k or window")
     report.update(0.0, f"indexing {params.sae}")
 
     def progress(done: int, total: int) -> None:
         report.update(min(done, total) / total, f"indexed {done:,} of {total:,} tokens")
 
     stats = StatsConfig(top_k=params.top_k, window=params.window, seed=params.seed)
-    opts = IndexOptions(tokens=params.tokens, dataset=params.dataset, stats=stats, device=settings.device,
+    opts = IndexOptions(tokens=params.tokens, dataset=dataset, stats=stats, device=settings.device,
                         progress=False)  # fmt: skip
     try:
         summary = index_sae(engine, params.sae, opts, on_progress=progress)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from app.auth.deps import WriterDep
 from app.core.deps import SessionDep
 from app.core.errors import INVALID, NOT_FOUND, UNAUTHORIZED
+from app.core.schemas import csv_row
 from app.ratings import queries
 from app.ratings.schemas import RatingIn, RatingOut
 from app.ratings.store import store_rating
@@ -27,9 +28,9 @@ CSV_FIELDS = ["sae", "feature_index", "rater", "label", "note", "study_id", "bli
     summary="Rate a feature (yes / maybe / no)",
 )  # fmt: skip
 def post_rating(sae: str, index: int, body: RatingIn, session: SessionDep, caller: WriterDep) -> Response:
-    rating, created = store_rating(session, sae=sae, index=index, body=body, rater=caller.name)
-    out = queries.rating_out(rating, sae)
-    return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)
+    stored = store_rating(session, sae=sae, index=index, body=body, rater=caller.name)
+    out = queries.get_rating(session, sae, stored.id)
+    return JSONResponse(out.model_dump(mode="json"), status_code=201 if stored.created else 200)
 
 
 @router.get(
@@ -48,6 +49,6 @@ def ratings_csv(sae: str, session: SessionDep) -> Response:
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for rating in queries.list_ratings(session, sae):
-        writer.writerow(rating.model_dump(mode="json"))
+        writer.writerow(csv_row(rating.model_dump(mode="json")))  # text never runs as a spreadsheet formula
     headers = {"Content-Disposition": f'attachment; filename="{sae}-ratings.csv"'}
     return Response(buffer.getvalue(), media_type="text/csv", headers=headers)

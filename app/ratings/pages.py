@@ -16,12 +16,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
+from app.auth.names import NAME_RULE, is_plain_name
 from app.auth.tokens import authenticate
 from app.catalog.saes import NotFound
 from app.core.errors import AuthError, validation_message
+from app.core.schemas import JSON_MAX_DEPTH
 from app.core.tables import NOTE_MAX_CHARS
 from app.ratings.rater import token_known
-from app.ratings.schemas import RatingIn
+from app.ratings.schemas import SHOWN_MAX_CHARS, RatingIn
 from app.ratings.store import ANONYMOUS, store_rating
 from app.web.forms import (
     RATER_COOKIE,
@@ -37,6 +39,9 @@ from app.web.params import optional_int, page_session, parse_index
 from app.web.rendering import error_page
 
 router = APIRouter(include_in_schema=False)
+
+SHOWN_FORM_MAX_CHARS = 10 * SHOWN_MAX_CHARS
+"""The form's `shown` text is not even parsed beyond this (the event loop parses it)."""
 
 
 def _refused(request: Request, form: FormData) -> HTMLResponse | None:
@@ -58,14 +63,27 @@ async def rate_form(request: Request, sae: str, index: str) -> Response:
     if len(note) > NOTE_MAX_CHARS:
         return error_page(request, 422, "Note too long",
                           f"Notes are limited to {NOTE_MAX_CHARS} characters; this one has {len(note)}.")  # fmt: skip
+    shown_text = form_field(form, "shown") or "{}"
+    if len(shown_text) > SHOWN_FORM_MAX_CHARS:
+        return error_page(request, 422, "Rating not saved",
+                          f"shown: limited to {SHOWN_MAX_CHARS:,} characters of JSON")  # fmt: skip
     try:
-        shown = json.loads(form_field(form, "shown") or "{}")
+        shown = json.loads(shown_text)
     except ValueError:
         shown = {}
+    except RecursionError:
+        return error_page(request, 422, "Rating not saved",
+                          f"shown: objects and arrays may nest at most {JSON_MAX_DEPTH} deep")  # fmt: skip
     rendered = optional_int(form_field(form, "rendered_at"), 0, 10**14)
     spent = int(time.time() * 1000) - rendered if rendered is not None else None
-    rater_field = form_field(form, "rater").strip() or from_cookie(request.cookies.get(RATER_COOKIE)) or ""
     token_field = form_field(form, "token").strip()
+    rater_field = form_field(form, "rater").strip()
+    if not rater_field and not (token_field or request.cookies.get(TOKEN_COOKIE)):
+        remembered = from_cookie(request.cookies.get(RATER_COOKIE))
+        if remembered is not None and not is_plain_name(remembered):  # a name from before the rule
+            message = f"The name this browser remembers is not allowed: enter a name ({NAME_RULE})."
+            return error_page(request, 422, "Name needed", message)
+        rater_field = remembered or ""
     try:
         body = RatingIn(
             rater=rater_field or None, label=form_field(form, "label"), note=note,
@@ -81,8 +99,8 @@ async def rate_form(request: Request, sae: str, index: str) -> Response:
         with page_session(request) as session:
             token = token_field or request.cookies.get(TOKEN_COOKIE) or ""
             caller = authenticate(session, f"Bearer {token}" if token else None)
-            rating, _ = store_rating(session, sae=sae, index=number, body=body, rater=caller.name)
-            return rating.rater, caller.name is not None
+            stored = store_rating(session, sae=sae, index=number, body=body, rater=caller.name)
+            return stored.rater, caller.name is not None
 
     try:
         rater, by_token = await run_in_threadpool(store)
@@ -121,8 +139,8 @@ async def identity_form(request: Request) -> Response:
 
     known = await run_in_threadpool(check)
     if known is None:
-        if not name or len(name) > 100 or "\x00" in name:
-            return error_page(request, 422, "Name needed", "Enter a name of 1 to 100 characters.")
+        if not is_plain_name(name):
+            return error_page(request, 422, "Name needed", f"Enter a name: {NAME_RULE}.")
         remember(request, response, RATER_COOKIE, cookie_value(name))
     elif known:
         remember(request, response, TOKEN_COOKIE, token)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from sqlalchemy import Float, case, cast, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Float, Text, case, cast, func, select
+from sqlalchemy.orm import Session, defer
 
 from app.catalog.queries import check_index
 from app.catalog.saes import get_sae
+from app.core.schemas import plain_json
 from app.core.tables import Rating
 from app.ratings.schemas import RatingOut, RatingSummary
 
@@ -44,20 +46,57 @@ def rating_summary(session: Session, sae_id: int, index: int) -> RatingSummary:
     )
 
 
-def rating_out(rating: Rating, sae_name: str) -> RatingOut:
+def _shown_text() -> Any:
+    """The stored `shown` as its JSON text: parsed here (safe_shown), never by the driver, so no stored value
+    can fail a read (NaN or 1e400, unpaired surrogates, deep nesting, SQLite text that is not JSON)."""
+    return cast(Rating.shown, Text).label("shown_text")
+
+
+def safe_shown(text: str | None) -> dict[str, Any]:
+    """A stored `shown` as served: an object of plain JSON (app.core.schemas.plain_json), {} when unreadable."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text, parse_constant=lambda _: None)
+    except (ValueError, RecursionError):  # not JSON (SQLite), or nested deeper than Python parses
+        return {}
+    if value is None:
+        return {}
+    clean = plain_json(value)
+    return clean if isinstance(clean, dict) else {"value": clean}
+
+
+def rating_out(rating: Rating, sae_name: str, shown_text: str | None) -> RatingOut:
     return RatingOut(
         id=rating.id, sae=sae_name, feature_index=rating.feature_index, rater=rating.rater,
         label=rating.label,
-        note=rating.note, study_id=rating.study_id, blinded=rating.blinded, shown=rating.shown or {},
+        note=rating.note, study_id=rating.study_id, blinded=rating.blinded, shown=safe_shown(shown_text),
         presentation_order=rating.presentation_order, time_spent_ms=rating.time_spent_ms,
         created_at=rating.created_at, updated_at=rating.updated_at,
     )  # fmt: skip
 
 
+def _ratings(session: Session, sae_name: str, *where: Any) -> list[RatingOut]:
+    query = (
+        select(Rating, _shown_text())
+        .options(defer(Rating.shown))
+        .where(*where)
+        .order_by(Rating.feature_index, Rating.id)
+        .execution_options(populate_existing=True)
+    )
+    return [rating_out(rating, sae_name, text) for rating, text in session.execute(query)]
+
+
+def get_rating(session: Session, sae_name: str, rating_id: int) -> RatingOut:
+    """One stored rating (of SAE `sae_name`) by id."""
+    [out] = _ratings(session, sae_name, Rating.id == rating_id)
+    return out
+
+
 def list_ratings(session: Session, name: str, index: int | None = None) -> list[RatingOut]:
     sae = get_sae(session, name)
-    query = select(Rating).where(Rating.sae_id == sae.id)
+    where = [Rating.sae_id == sae.id]
     if index is not None:
         check_index(sae, index)
-        query = query.where(Rating.feature_index == index)
-    return [rating_out(r, name) for r in session.scalars(query.order_by(Rating.feature_index, Rating.id))]
+        where.append(Rating.feature_index == index)
+    return _ratings(session, name, *where)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from app.auth.names import is_plain_name
 from app.auth.tokens import hash_token, tokens_configured
 from app.core.tables import ApiToken
 from app.web.forms import RATER_COOKIE, TOKEN_COOKIE, from_cookie
@@ -23,10 +24,16 @@ class Identity:
     """The name from the rater cookie, or the name of the token in the token cookie."""
 
 
+def cookie_rater(request: Request) -> str | None:
+    """The rater name of the rater cookie; None without one, or when it breaks the name rule (app.auth.names)."""
+    name = from_cookie(request.cookies.get(RATER_COOKIE))
+    return name if name is not None and is_plain_name(name) else None
+
+
 def identity(request: Request, session: Session) -> Identity:
     tokens = tokens_configured(session)
     if not tokens:
-        return Identity(tokens=False, rater=from_cookie(request.cookies.get(RATER_COOKIE)))
+        return Identity(tokens=False, rater=cookie_rater(request))
     token = request.cookies.get(TOKEN_COOKIE)
     name = session.scalar(select(ApiToken.name).where(ApiToken.token_hash == hash_token(token))) if token else None
     return Identity(tokens=True, rater=name)

@@ -63,14 +63,18 @@ class Queue:
 
 
 def _queue_names(request: Request, path_sae: str | None) -> list[str]:
+    """The queue's SAE names in the order given, each once; stops at MAX_QUEUE_SAES + 1 of them (too many)."""
     if path_sae is not None:
         return [path_sae]
-    names: list[str] = []
+    names: dict[str, None] = {}  # ordered and de-duplicated in linear time
     for value in request.query_params.getlist("saes"):
-        for name in value.split(","):
-            if name.strip() and name.strip() not in names:
-                names.append(name.strip())
-    return names
+        for part in value.split(","):
+            name = part.strip()
+            if name:
+                names[name] = None
+                if len(names) > MAX_QUEUE_SAES:
+                    return list(names)
+    return list(names)
 
 
 def _fill(session: Session, queue: Queue) -> Queue:

@@ -15,6 +15,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.schemas import csv_row
 from app.core.tables import Sweep
 from app.sweeps.chart import ChartPoint, pareto_svg
 from trainer.sweep.pareto import METRICS, matched_l0
@@ -39,7 +40,7 @@ def results_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+        writer.writerow(csv_row({k: row.get(k) for k in CSV_FIELDS}))  # names starting like formulas stay text
     return buffer.getvalue()
 
 

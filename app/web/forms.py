@@ -33,18 +33,36 @@ def csrf_matches(cookie: str | None, submitted: str | None) -> bool:
     return hmac.compare_digest(cookie.encode(), submitted.encode())
 
 
-def same_origin(origin: str | None, referer: str | None, host: str | None) -> bool:
-    """False when Origin (or, without it, Referer) is present and names another host than the request's Host."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None when unparsable."""
+    scheme = scheme.lower()
+    if scheme not in DEFAULT_PORTS or not netloc or "@" in netloc:
+        return None
+    try:
+        parts = urlsplit(f"//{netloc}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    return (scheme, host, port or DEFAULT_PORTS[scheme]) if host else None
+
+
+def same_origin(origin: str | None, referer: str | None, scheme: str, host: str | None) -> bool:
+    """False when Origin (or, without it, Referer) is present and names another origin than the request's own:
+    its scheme (http / https, as the server sees the request) and its Host header's host and port."""
     claimed = origin if origin is not None else referer
     if claimed is None:
         return True
     if not host or claimed == "null":
         return False
     try:
-        netloc = urlsplit(claimed).netloc
+        parts = urlsplit(claimed)
     except ValueError:
         return False
-    return netloc.lower() == host.lower()
+    theirs = _origin(parts.scheme, parts.netloc)
+    return theirs is not None and theirs == _origin(scheme, host)
 
 
 def form_field(form: FormData, name: str) -> str:
@@ -64,7 +82,7 @@ class Refusal:
 def refusal(request: Request, form: FormData) -> Refusal | None:
     """None when the form comes from this site: Origin/Referer (when sent) and the CSRF token."""
     headers = request.headers
-    if not same_origin(headers.get("origin"), headers.get("referer"), headers.get("host")):
+    if not same_origin(headers.get("origin"), headers.get("referer"), request.url.scheme, headers.get("host")):
         return Refusal("Cross-site request refused",
                        "This form was sent from another site. Open the page here and submit it again.")  # fmt: skip
     if not csrf_matches(request.cookies.get(CSRF_COOKIE), form_field(form, "csrf")):

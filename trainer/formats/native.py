@@ -3,6 +3,11 @@
 What `jumpscope train` writes and the store keeps. The tensors are the inference form
 (normalisation scale C and pre-encoder bias folded in); cfg.json records the architecture,
 d_in, d_sae, k (architectures whose knob is k), the `SAEMetadata` fields and any extras.
+
+`load_native` trusts neither file: the sizes in cfg.json must be whole numbers within
+`SAEConfig`'s limits, and the safetensors header (read without loading a tensor) must hold every
+tensor at the shape cfg.json implies, before any tensor is read or any module is built. A cfg.json
+that asks for more than its weight file holds is an `SAEFormatError`, never an allocation.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from trainer.atomic import atomic_write_bytes, atomic_write_text
 from trainer.formats.files import NATIVE_CFG, NATIVE_WEIGHTS, SAEFormatError
-from trainer.formats.tensors import cpu_tensors, read_safetensors, sae_from_tensors
+from trainer.formats.tensors import cpu_tensors, expected_shapes, read_safetensors, sae_from_tensors
 from trainer.saes import registry
 from trainer.saes.base import SAE
 from trainer.saes.config import SAEConfig
@@ -98,18 +104,61 @@ def read_native_cfg(folder: Path) -> dict[str, Any]:
     return dict(cfg)
 
 
+def _size(cfg: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
+    """A size field of cfg.json: a JSON integer (not a float, string or boolean)."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SAEFormatError(f"{where}: {key} must be a whole number, got {value!r}")
+    return value
+
+
+def native_config(cfg: dict[str, Any], where: str = NATIVE_CFG) -> SAEConfig:
+    """The SAEConfig a cfg.json describes, its sizes checked (SAEFormatError naming `where`), allocating nothing."""
+    d_in, d_sae, k = _size(cfg, "d_in", where), _size(cfg, "d_sae", where), _size(cfg, "k", where, 32)
+    try:
+        return SAEConfig(d_in=d_in, d_sae=d_sae, architecture=cfg["architecture"], k=k)
+    except ValueError as err:
+        raise SAEFormatError(f"{where}: {err}") from None
+
+
+def check_weights_header(weights: Path, sae_cfg: SAEConfig) -> None:
+    """The safetensors header of `weights` holds every tensor `sae_cfg` needs, at its shape.
+
+    Reads the header only (no tensor data; safetensors checks that the header's shapes and dtypes add up to
+    the file's length), so a config that disagrees with its file is refused before anything is allocated,
+    and reading the file afterwards allocates no more than the file holds."""
+    if not weights.is_file():
+        raise SAEFormatError(f"{weights.parent}: no {weights.name}")
+    try:
+        shapes: dict[str, tuple[int, ...]] = {}
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118  (a safe_open handle is not a dict)
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise SAEFormatError(f"{weights}: not a readable safetensors file ({err})") from err
+    expected = expected_shapes(sae_cfg)
+    missing = [name for name in expected if name not in shapes]
+    if missing:
+        raise SAEFormatError(
+            f"{weights}: missing tensor(s) {', '.join(missing)} for a {sae_cfg.architecture} SAE "
+            f"(found: {', '.join(sorted(shapes)) or 'none'})"
+        )
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise SAEFormatError(
+                f"{weights}: {name} has shape {shapes[name]}, expected {shape} "
+                f"(d_in={sae_cfg.d_in}, d_sae={sae_cfg.d_sae} in {NATIVE_CFG}): the config and the weights disagree"
+            )
+
+
 def load_native(folder: str | Path, device: str | torch.device = "cpu") -> LoadedSAE:
-    """Load a native SAE folder, checking every tensor against cfg.json."""
+    """Load a native SAE folder: cfg.json's sizes and the weight file's header are checked first, then every tensor."""
     folder = Path(folder)
     cfg = read_native_cfg(folder)
     weights = folder / NATIVE_WEIGHTS
+    sae_cfg = native_config(cfg, str(folder / NATIVE_CFG))
+    check_weights_header(weights, sae_cfg)
     tensors = read_safetensors(weights)
-    sae_cfg = SAEConfig(
-        d_in=int(cfg["d_in"]),
-        d_sae=int(cfg["d_sae"]),
-        architecture=cfg["architecture"],
-        k=int(cfg.get("k", 32)),
-    )
     sae = sae_from_tensors(tensors, sae_cfg, str(weights)).to(device)
     known = {f.name for f in fields(SAEMetadata)} - {"extra"}
     skip = known | {"architecture", "d_in", "d_sae", "dtype", "jumpscope_version", "k"}
@@ -120,4 +169,12 @@ def load_native(folder: str | Path, device: str | torch.device = "cpu") -> Loade
     return LoadedSAE(sae, meta)
 
 
-__all__ = ["LoadedSAE", "SAEMetadata", "load_native", "read_native_cfg", "save_native"]
+__all__ = [
+    "LoadedSAE",
+    "SAEMetadata",
+    "check_weights_header",
+    "load_native",
+    "native_config",
+    "read_native_cfg",
+    "save_native",
+]

@@ -1,15 +1,23 @@
 """SAEConfig: the shape and architecture of one sparse autoencoder (torch-free).
 
 Defaults are the JumpReLU paper's / Gemma Scope's (../shared/docs/jumprelu.md §3); the
-architecture is any name in `trainer.saes.registry`.
+architecture is any name in `trainer.saes.registry`. Sizes are whole numbers up to `MAX_D_IN` and
+`MAX_D_SAE`, checked before anything is allocated (a config file cannot ask for terabytes).
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from trainer.saes import registry
+
+MAX_D_IN = 1 << 16
+"""Widest activations an SAE may read (65,536): above any language model's residual stream or attention
+output (Llama 3 405B: 16,384), so that a config file cannot ask for an absurd allocation."""
+MAX_D_SAE = 1 << 26
+"""Most latents an SAE may have (67,108,864): above the largest published dictionaries (34M latents)."""
 
 ThresholdParam = Literal["log", "raw"]
 BDecInit = Literal["zeros", "mean"]
@@ -43,8 +51,16 @@ class SAEConfig:
     def __post_init__(self) -> None:
         if self.architecture not in registry.names():
             raise ValueError(f"architecture must be one of {', '.join(registry.names())}, got {self.architecture!r}")
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
+        for name in ("d_in", "d_sae", "k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            setattr(self, name, int(value))
+        if self.k_aux is not None and (isinstance(self.k_aux, bool) or not isinstance(self.k_aux, numbers.Integral)):
+            raise ValueError(f"k_aux must be a whole number or None, got {self.k_aux!r}")
+        for name, limit in (("d_in", MAX_D_IN), ("d_sae", MAX_D_SAE)):
+            if not 0 < getattr(self, name) <= limit:
+                raise ValueError(f"{name} must be in 1..{limit:,}, got {getattr(self, name):,}")
         if self.threshold_param not in get_args(ThresholdParam):
             raise ValueError(f"threshold_param must be log or raw, got {self.threshold_param!r}")
         if self.bandwidth <= 0 or self.threshold_init <= 0:
@@ -62,4 +78,4 @@ class SAEConfig:
         return min(self.k_aux or max(1, self.d_in // 2), self.d_sae)
 
 
-__all__ = ["SAEConfig", "ThresholdParam"]
+__all__ = ["MAX_D_IN", "MAX_D_SAE", "SAEConfig", "ThresholdParam"]

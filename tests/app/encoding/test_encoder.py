@@ -449,16 +449,19 @@ def test_health_and_make_encoder() -> None:
 # the worker API and RemoteEncoder
 
 
-def remote_for(encoder: LocalEncoder) -> RemoteEncoder:
+def remote_for(encoder: LocalEncoder, *known: SAETarget) -> RemoteEncoder:
+    """A RemoteEncoder talking to a worker app whose store holds `known` (their folders are its data folder)."""
     import httpx
 
     from app.encoding.worker_api import create_worker_app
 
-    return RemoteEncoder("http://worker", transport=httpx.ASGITransport(app=create_worker_app(encoder)))
+    targets = {t.name: t for t in known}
+    app = create_worker_app(encoder, targets.get, data_dir=Path(known[0].path).parent)
+    return RemoteEncoder("http://worker", transport=httpx.ASGITransport(app=app))
 
 
 def test_remote_gives_identical_results(encoder: LocalEncoder, target: SAETarget) -> None:
-    remote = remote_for(encoder)
+    remote = remote_for(encoder, target)
 
     async def run() -> tuple[list[TextEncoding], list[TextEncoding], str]:
         got = await remote.encode(target, TEXTS[:4], top_k=4, features=[0, 7], include_bos=False)
@@ -474,27 +477,30 @@ def test_remote_gives_identical_results(encoder: LocalEncoder, target: SAETarget
 
 
 def test_remote_maps_errors(encoder: LocalEncoder, target: SAETarget, tmp_path: Path) -> None:
-    remote = remote_for(encoder)
-    missing = SAETarget(**{**target.__dict__, "name": "gone", "path": str(tmp_path / "nowhere")})
+    missing = SAETarget(**{**target.__dict__, "name": "gone", "path": str(Path(target.path).parent / "nowhere")})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "gemma2", "hidden_size": "wide"')  # truncated JSON
+    broken_model = SAETarget(**{**target.__dict__, "name": "other", "model": str(broken)})
+    unknown = SAETarget(**{**target.__dict__, "name": "unknown"})
+    remote = remote_for(encoder, target, missing, broken_model)
 
     async def run() -> None:
-        with pytest.raises(EncodeError, match="^top_k must be at least 1, got 0$"):
+        with pytest.raises(EncodeError, match="^top_k: Input should be greater than or equal to 1$"):
             await remote.encode(target, [SHORT], top_k=0)
         with pytest.raises(EncodeError, match=f"^feature index {D_SAE} is out of range"):
             await remote.encode(target, [SHORT], features=[D_SAE])
-        with pytest.raises(EncodeError, match="the text is empty"):
+        with pytest.raises(EncodeError, match="^texts.0: String should have at least 1 character$"):
             await remote.encode(target, [""])
         with pytest.raises(EncodeError, match="texts"):  # the worker's own request validation, also a 422
             await remote.encode(target, [None])  # type: ignore[list-item]
         with pytest.raises(EncoderUnavailable, match=r"worker at http://worker answered 503.*cannot load SAE 'gone'"):
             await remote.encode(missing, [SHORT])
-        with pytest.raises(EncoderUnavailable, match=r"answered 503.*cannot load model .*broken"):
+        with pytest.raises(EncoderUnavailable, match=r"answered 503.*cannot load model <path>"):  # no host path
             await remote.encode(broken_model, [SHORT])
+        with pytest.raises(EncoderUnavailable, match=r"worker at http://worker has no SAE named 'unknown'"):
+            await remote.encode(unknown, [SHORT])
 
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "gemma2", "hidden_size": "wide"')  # truncated JSON
-    broken_model = SAETarget(**{**target.__dict__, "name": "other", "model": str(broken)})
     asyncio.run(run())
 
 
@@ -511,7 +517,7 @@ def test_remote_without_a_worker_is_unavailable() -> None:
 
 def test_concurrent_http_requests_share_forward_passes(target: SAETarget) -> None:
     enc = LocalEncoder(device="cpu", window_ms=50, min_fill=0.0)
-    remote = remote_for(enc)
+    remote = remote_for(enc, target)
     try:
         enc.encode_sync(target, [SHORT])  # load
         before = enc.batches_run

@@ -1,0 +1,38 @@
+"""One encode request's work, shared by the REST API and the no-JS page: look up the SAE, take a
+turn at the process's gate (app.encoding.gate), then encode.
+
+Nothing here runs on the event loop for long: the SAE lookup is a database query in a thread
+(cached a few seconds), and the encoder tokenises and runs the model in its own threads.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from app.encoding.gate import EncodeGate
+from app.encoding.targets import TARGET_TTL, encode_target
+from app.encoding.types import Encoder, SAETarget, TextEncoding
+
+
+async def encode_texts(
+    request: Request,
+    sae: str,
+    texts: list[str],
+    *,
+    top_k: int | None,
+    features: list[int] | None,
+    include_bos: bool,
+) -> list[TextEncoding]:
+    """Encode `texts` with the SAE named `sae` (NotFound, EncodeError, EncoderUnavailable, TooManyRequests)."""
+    cached: tuple[float, SAETarget] | None = request.app.state.encode_targets.get(sae)
+    if cached is not None and time.monotonic() - cached[0] < TARGET_TTL:
+        target = cached[1]
+    else:
+        target = await run_in_threadpool(encode_target, request, sae)
+    gate: EncodeGate = request.app.state.encode_gate
+    encoder: Encoder = request.app.state.encoder
+    async with gate.turn():
+        return await encoder.encode(target, texts, top_k=top_k, features=features, include_bos=include_bos)
