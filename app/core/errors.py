@@ -52,7 +52,8 @@ class ErrorOut(BaseModel):
 
 
 INVALID: dict[int | str, dict[str, Any]] = {
-    422: {"model": ErrorOut, "description": "Invalid input: one line saying why"}
+    422: {"model": ErrorOut, "description": "Invalid input: one line saying why"},
+    413: {"model": ErrorOut, "description": "Request body over JUMPSCOPE_MAX_REQUEST_BYTES"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown SAE or feature"}}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
