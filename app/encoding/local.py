@@ -77,6 +77,33 @@ def _check_request(texts: list[str], top_k: int | None, features: list[int] | No
         raise EncodeError("features must be a list of integer feature indices")
 
 
+def _active_lists(f: Tensor, top_k: int | None) -> list[list[tuple[int, float]]]:
+    """(T, d_sae) activations -> per token its active (feature, value) pairs, highest first, at most top_k.
+
+    Only the active entries become Python objects (their number is what the reply cap bounds): a
+    dense (T, k) top-k with k the busiest token's count would turn, for one token where every
+    feature fires, T x d_sae zeros into Python floats, seconds of work holding the interpreter lock
+    and stalling the server's event loop.
+    """
+    rows, cols = torch.nonzero(f, as_tuple=True)  # (N,) each, row-major
+    values = f[rows, cols]  # (N,)
+    order = torch.argsort(values, descending=True, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]  # by token, then by value, highest first
+    rows, cols, values = rows[order], cols[order], values[order]
+    counts = torch.bincount(rows, minlength=f.shape[0])  # (T,)
+    if top_k is not None:
+        starts = torch.cumsum(counts, 0) - counts  # (T,)
+        keep = torch.arange(len(rows), device=f.device) - starts[rows] < top_k  # rank within the token's row
+        cols, values, counts = cols[keep], values[keep], counts.clamp(max=top_k)
+    flat = list(zip(cols.tolist(), values.tolist(), strict=True))
+    out: list[list[tuple[int, float]]] = []
+    start = 0
+    for n in counts.tolist():
+        out.append(flat[start : start + n])
+        start += n
+    return out
+
+
 def _result(result: list[TextEncoding] | EncodeError) -> list[TextEncoding]:
     """A job's encodings, or its error raised."""
     if isinstance(result, EncodeError):
@@ -467,13 +494,7 @@ class LocalEncoder:
                 "ask for top_k (the strongest features per token), fewer texts or shorter ones"
             )
             return None
-        k = int(n_active.max()) if len(ids) else 0
-        activations: list[list[tuple[int, float]]] = [[] for _ in ids]
-        if k > 0:
-            # All four architectures give f >= 0, so the k largest hold every active feature of a row.
-            values, indices = f.topk(k, dim=1)  # (T, k) each, highest first
-            for row, (vals, idxs) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
-                activations[row] = [(i, v) for i, v in zip(idxs, vals, strict=True) if v != 0]
+        activations = _active_lists(f, job.top_k)
         dense: dict[int, list[float]] | None = None
         if job.features is not None:
             cols = f[:, job.features].T.tolist() if job.features else []  # (F, T)
