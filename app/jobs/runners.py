@@ -152,7 +152,17 @@ def run_index(
     checks.check_tokens(settings, tokens=params.tokens)
     with session_scope(engine) as session:
         sae = get_sae(session, params.sae)
-        d_in, d_sae = sae.d_in, sae.d_sae
+        d_in, d_sae, recorded = sae.d_in, sae.d_sae, sae.dataset
+    if dataset is None and recorded not in (None, checks.PACKAGED):
+        # The indexer would read the SAE's own training dataset: the same rule applies to it (its
+        # metadata may come from a cache's meta.json that anyone who can write a cache chose).
+        try:
+            dataset = checks.job_dataset(recorded, settings.datasets_dir, at_run=True)
+        except checks.JobRejected as err:
+            raise checks.JobRejected(
+                f"this SAE's own dataset (recorded when it was trained) may not be read by a job: {err}; "
+                "give the job a dataset"
+            ) from None
     needed = checks.index_memory(d_in, d_sae, params.top_k, params.window)
     checks.check_memory(needed, settings, "indexing this SAE", "top_k or window")
     report.update(0.0, f"indexing {params.sae}")

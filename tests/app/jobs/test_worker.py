@@ -55,16 +55,26 @@ def test_stale_jobs_are_requeued_and_heartbeats_of_lost_jobs_fail(store: Engine)
     assert job is not None and job.id == job_id and job.attempts == 2
 
 
-def test_a_worker_runs_an_index_job_and_reports(registered: tuple[Engine, Any], db_url: str, tmp_path: Path) -> None:
-    engine, _ = registered
-    good = jobs.enqueue(engine, "index", {"sae": "tiny", "tokens": 600, "top_k": 3, "window": 8, "seed": 0})
-    bad = jobs.enqueue(engine, "index", {"sae": "gone", "tokens": 10, "top_k": 3, "window": 8, "seed": 0})
+def test_a_worker_runs_an_index_job_and_reports(
+    registered: tuple[Engine, Any], db_url: str, tmp_path: Path, short_docs: Path
+) -> None:
+    engine, _ = registered  # 'tiny' records short_docs, a local file, as its training dataset
+    params = {"sae": "tiny", "tokens": 600, "top_k": 3, "window": 8, "seed": 0}
+    outside = jobs.enqueue(engine, "index", params)
     settings = Settings(database_url=db_url, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", device="cpu")
+    Worker(settings, name="w0", poll=0.05, heartbeat_every=0.1, engine=engine).run(max_jobs=1)
+    good = jobs.enqueue(engine, "index", params)
+    bad = jobs.enqueue(engine, "index", {"sae": "gone", "tokens": 10, "top_k": 3, "window": 8, "seed": 0})
+    settings = Settings(database_url=db_url, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", device="cpu",
+                        datasets_dir=short_docs.parent)  # fmt: skip
     worker = Worker(settings, name="w1", poll=0.05, heartbeat_every=0.1, engine=engine)
     assert worker.run(max_jobs=2) == 2
     with session_scope(engine) as session:
-        done, failed = session.get(Job, good), session.get(Job, bad)
-        assert done is not None and failed is not None
+        refused, done, failed = session.get(Job, outside), session.get(Job, good), session.get(Job, bad)
+        assert refused is not None and done is not None and failed is not None
+        # the SAE's own dataset follows the jobs' rule: outside JUMPSCOPE_DATASETS_DIR it is not read
+        assert refused.status == "failed" and "this SAE's own dataset" in (refused.error or "")
+        assert "JUMPSCOPE_DATASETS_DIR" in (refused.error or "")
         assert done.status == "succeeded" and done.progress == 1.0 and done.result["tokens"] >= 600
         assert done.worker == "w1" and done.finished_at is not None
         assert failed.status == "failed" and "no SAE named 'gone'" in (failed.error or "")
