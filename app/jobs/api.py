@@ -44,8 +44,8 @@ def create_job(body: JobIn, session: SessionDep, caller: AdminDep, request: Requ
                                   window=params.window, d_in=sae.d_in, d_sae=sae.d_sae, settings=settings)  # fmt: skip
         job = queue.add_job(session, "index", params.model_dump())
     else:
-        checks.check_train_queued(dataset=params.dataset, activations=params.activations, tokens=params.tokens,
-                                  index_tokens=params.index_tokens, width=params.width,
+        checks.check_train_queued(dataset=params.dataset, activations=params.activations, model=params.model,
+                                  tokens=params.tokens, index_tokens=params.index_tokens, width=params.width,
                                   batch_size=params.batch_size, settings=settings)  # fmt: skip
         try:
             job = queue.add_train_job(session, params.model_dump())

@@ -141,6 +141,22 @@ def job_dataset(value: str | None, root: Path | None, *, at_run: bool = False) -
     return str(local_path(value, root, "dataset"))
 
 
+def job_model(value: str, root: Path | None, *, at_run: bool = False) -> str:
+    """What a train job's `model` may be loaded from: a model name ('gemma3-270m', a Hub id such as
+    google/gemma-2-2b) or a model folder inside root, resolved; JobRejected otherwise (the same rule as
+    datasets: a job reads no local files outside JUMPSCOPE_DATASETS_DIR)."""
+    inside_root = root is not None and not _has_parent_step(value) and _exists(root.expanduser() / value)
+    if is_hub_name(value) and not inside_root:
+        if at_run and _exists(Path(value)):
+            raise JobRejected(
+                f"params.model: {value!r} has the form of a model name, but the worker's working folder holds a "
+                "file or folder of that name, which a job may not read; give a Hub id or a folder inside "
+                "JUMPSCOPE_DATASETS_DIR"
+            )
+        return value
+    return str(local_path(value, root, "model"))
+
+
 # -- sizes ------------------------------------------------------------------------------------------
 
 
@@ -202,10 +218,12 @@ def check_tokens(settings: Settings, **tokens: int) -> None:
 
 
 def check_train_queued(
-    *, dataset: str | None, activations: str | None, tokens: int, index_tokens: int, width: int, batch_size: int,
-    settings: Settings,
+    *, dataset: str | None, activations: str | None, model: str | None = None, tokens: int, index_tokens: int,
+    width: int, batch_size: int, settings: Settings,
 ) -> None:  # fmt: skip
     """The queue-time checks of a train job (the d_in-free part of the memory estimate)."""
+    if model is not None:
+        job_model(model, settings.datasets_dir)
     job_dataset(dataset, settings.datasets_dir)
     if activations is not None:
         local_path(activations, settings.datasets_dir, "activations")

@@ -79,6 +79,7 @@ def run_train(
 
     params = TrainJobParams.model_validate(raw)
     dataset = checks.job_dataset(params.dataset, settings.datasets_dir, at_run=True)
+    model = checks.job_model(params.model, settings.datasets_dir, at_run=True)
     activations = (
         checks.local_path(params.activations, settings.datasets_dir, "activations") if params.activations else None
     )
@@ -94,7 +95,7 @@ def run_train(
         shards = ShardSource(activations, loop=True)
         source, meta = shards, metadata_from_shards(shards)
     else:
-        lm = lm_source(model=params.model, layer=params.layer, site=params.site, dataset=dataset,
+        lm = lm_source(model=model, layer=params.layer, site=params.site, dataset=dataset,
                        context_size=params.context_size, device=settings.device, loop=True)  # fmt: skip
         source, meta = lm, lm_metadata(lm)
     shuffle = 0 if activations is not None else SHUFFLE_BUFFER

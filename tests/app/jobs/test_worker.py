@@ -80,9 +80,11 @@ def test_a_worker_runs_an_index_job_and_reports(
         assert failed.status == "failed" and "no SAE named 'gone'" in (failed.error or "")
 
 
-def _worker(db_url: str, tmp_path: Path, name: str, *extra: str) -> subprocess.Popen[str]:
+def _worker(db_url: str, tmp_path: Path, name: str, *extra: str, datasets: Path | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "DATABASE_URL": db_url, "JUMPSCOPE_DATA_DIR": str(tmp_path / "data"),
            "JUMPSCOPE_RUNS_DIR": str(tmp_path / "runs"), "JUMPSCOPE_DEVICE": "cpu"}  # fmt: skip
+    if datasets is not None:  # the folder jobs may read local models and data from
+        env["JUMPSCOPE_DATASETS_DIR"] = str(datasets)
     args = ["worker", "--no-serve", "--name", name, "--poll", "0.2", "--heartbeat", "0.5", *extra]
     return subprocess.Popen([*JUMPSCOPE, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -119,7 +121,7 @@ def test_a_killed_workers_training_job_resumes_from_its_checkpoint(
     params = {"name": "resumed", "model": str(tiny_model_dir), "layer": 1, "width": 64, "tokens": 256 * 120,
               "batch_size": 256, "context_size": 48, "checkpoint_every": 10}  # fmt: skip
     job_id = jobs.enqueue(store, "train", params)
-    first = _worker(db_url, tmp_path, "doomed")
+    first = _worker(db_url, tmp_path, "doomed", datasets=tiny_model_dir.parent)
     checkpoint = tmp_path / "runs" / f"job-{job_id}" / "checkpoint.pt"
     _wait(checkpoint.exists, 300, "the first checkpoint")
     first.send_signal(signal.SIGKILL)
@@ -127,7 +129,7 @@ def test_a_killed_workers_training_job_resumes_from_its_checkpoint(
     with session_scope(store) as session:
         job = session.get(Job, job_id)
         assert job is not None and job.status == "running" and job.worker == "doomed"
-    second = _worker(db_url, tmp_path, "heir", "--stale-after", "2", "--max-jobs", "1")
+    second = _worker(db_url, tmp_path, "heir", "--stale-after", "2", "--max-jobs", "1", datasets=tiny_model_dir.parent)
     out = second.communicate(timeout=600)[0]
     assert second.returncode == 0, out
     with session_scope(store) as session:

@@ -90,7 +90,8 @@ def test_paths_outside_the_folder_are_refused_at_queue_time(client: TestClient, 
     for dataset in refused_paths(layout):
         for job in ({"kind": "index", "params": {"sae": "tiny", "tokens": 100, "dataset": dataset}},
                     {"kind": "train", "params": {"name": "refused", "dataset": dataset}},
-                    {"kind": "train", "params": {"name": "refused", "activations": dataset}}):  # fmt: skip
+                    {"kind": "train", "params": {"name": "refused", "activations": dataset}},
+                    {"kind": "train", "params": {"name": "refused", "model": dataset}}):  # fmt: skip
             reply = client.post("/api/v1/jobs", json=job)
             assert reply.status_code == 422, (job, reply.text)
             detail = reply.json()["detail"]
@@ -109,6 +110,9 @@ def test_data_inside_the_folder_and_hub_names_are_queued(client: TestClient, lay
         assert train.status_code == 202, (dataset, train.text)
     cache = client.post("/api/v1/jobs", json={"kind": "train", "params": {"name": "cached", "activations": "sub"}})
     assert cache.status_code == 202, cache.text
+    for i, model in enumerate(["gemma3-270m", "google/gemma-2-2b", "sub", str(datasets / "sub")]):  # names, folders
+        job = client.post("/api/v1/jobs", json={"kind": "train", "params": {"name": f"model-{i}", "model": model}})
+        assert job.status_code == 202, (model, job.text)
 
 
 def test_without_the_setting_only_hub_names_are_queued(shared_index: Any, layout: dict[str, Path]) -> None:
