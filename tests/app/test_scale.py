@@ -86,10 +86,12 @@ class Services:
 
 
 @contextmanager
-def services(url: str, folder: Path, log_dir: Path) -> Iterator[Services]:
+def services(url: str, folder: Path, log_dir: Path, datasets: Path | None = None) -> Iterator[Services]:
     env = {**os.environ, "DATABASE_URL": url, "JUMPSCOPE_DATA_DIR": str(folder / "data"),
            "JUMPSCOPE_RUNS_DIR": str(log_dir / "runs"), "JUMPSCOPE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
     env.pop("JUMPSCOPE_WORKER_URL", None)
+    if datasets is not None:
+        env["JUMPSCOPE_DATASETS_DIR"] = str(datasets)
     running = Services(log_dir, env)
     try:
         yield running
@@ -165,12 +167,15 @@ def same_encoding(served: dict[str, Any], direct: Any) -> bool:
 
 
 @pytest.mark.parametrize("encoder", ["in-web", "worker-http"])
-def test_two_web_processes_and_two_workers_share_one_postgres(shared_index: Any, tmp_path: Path, encoder: str) -> None:
+def test_two_web_processes_and_two_workers_share_one_postgres(
+    shared_index: Any, tmp_path: Path, encoder: str, short_docs: Path
+) -> None:
     """Jobs queued through the web server run exactly once each; encodes through it come back right."""
     url, engine, _, folder = shared_index
     texts = texts_to_encode()
     expected = direct_encodings(engine, texts)
-    with services(url, folder, tmp_path) as running:
+    # the SAE's recorded dataset (short_docs) is read by its index jobs: jobs may read it under JUMPSCOPE_DATASETS_DIR
+    with services(url, folder, tmp_path, datasets=short_docs.parent) as running:
         web_env: dict[str, str] = {}
         worker_port = free_port()
         if encoder == "worker-http":  # the web server holds no model: it asks w1 over HTTP

@@ -100,12 +100,12 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_two_worker_processes_run_every_job_exactly_once(
-    registered: tuple[Engine, Any], db_url: str, tmp_path: Path
+    registered: tuple[Engine, Any], db_url: str, tmp_path: Path, short_docs: Path
 ) -> None:
     engine, _ = registered
     ids = [jobs.enqueue(engine, "index", {"sae": "tiny", "tokens": 200, "top_k": 2, "window": 8, "seed": i})
            for i in range(6)]  # fmt: skip
-    procs = [_worker(db_url, tmp_path, f"p{i}", "--idle-exit", "3") for i in range(2)]
+    procs = [_worker(db_url, tmp_path, f"p{i}", "--idle-exit", "3", datasets=short_docs.parent) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     with session_scope(engine) as session:

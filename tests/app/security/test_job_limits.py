@@ -83,12 +83,13 @@ def test_the_runner_checks_the_full_estimate_before_building_the_sae(
     # 4096 latents, batch 16: 1.5 MiB without d_in (queued), but 64-wide weights, Adam and the shuffle buffer
     # need about 72 MiB.
     limit = 8 * MiB
-    with client_for(db_url, tmp_path, job_max_memory_bytes=limit) as client:
+    models = tiny_model_dir.parent  # a local model folder is read from under JUMPSCOPE_DATASETS_DIR
+    with client_for(db_url, tmp_path, job_max_memory_bytes=limit, datasets_dir=models) as client:
         reply = queue(client, "train", name="sneaky", model=str(tiny_model_dir), layer=1, width=4096, batch_size=16,
                       tokens=4096, context_size=16)  # fmt: skip
         assert reply.status_code == 202, reply.text
     settings = Settings(database_url=db_url, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", device="cpu",
-                        job_max_memory_bytes=limit)  # fmt: skip
+                        job_max_memory_bytes=limit, datasets_dir=models)  # fmt: skip
     assert Worker(settings, name="w", poll=0.05, heartbeat_every=0.2, engine=store).run(max_jobs=1) == 1
     with session_scope(store) as session:
         job = session.get(Job, reply.json()["id"])
