@@ -86,7 +86,7 @@ def report(doc: dict[str, Any], tie: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the --quick sweep (3 points per architecture)")
+    parser.add_argument("--quick", action="store_true", help="the --quick sweep (4 points per architecture)")
     parser.add_argument("--out", type=Path, default=None, help="sweep folder (default runs/pareto[-quick])")
     parser.add_argument("--model", default="gemma3-270m", help="model (e.g. google/gemma-2-2b on a GPU)")
     parser.add_argument("--layer", type=int, default=None, help="layer (default: the middle one)")
