@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from trainer.atomic import atomic_write_bytes, atomic_write_text
 from trainer.formats.files import NATIVE_CFG, NATIVE_WEIGHTS, SAEFormatError
-from trainer.formats.tensors import cpu_tensors, expected_shapes, read_safetensors, sae_from_tensors
+from trainer.formats.tensors import check_shapes, cpu_tensors, read_safetensors, sae_from_tensors
 from trainer.saes import registry
 from trainer.saes.base import SAE
 from trainer.saes.config import SAEConfig
@@ -136,19 +136,7 @@ def check_weights_header(weights: Path, sae_cfg: SAEConfig) -> None:
                 shapes[name] = tuple(f.get_slice(name).get_shape())
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise SAEFormatError(f"{weights}: not a readable safetensors file ({err})") from err
-    expected = expected_shapes(sae_cfg)
-    missing = [name for name in expected if name not in shapes]
-    if missing:
-        raise SAEFormatError(
-            f"{weights}: missing tensor(s) {', '.join(missing)} for a {sae_cfg.architecture} SAE "
-            f"(found: {', '.join(sorted(shapes)) or 'none'})"
-        )
-    for name, shape in expected.items():
-        if shapes[name] != shape:
-            raise SAEFormatError(
-                f"{weights}: {name} has shape {shapes[name]}, expected {shape} "
-                f"(d_in={sae_cfg.d_in}, d_sae={sae_cfg.d_sae} in {NATIVE_CFG}): the config and the weights disagree"
-            )
+    check_shapes(shapes, sae_cfg, str(weights), f": the config ({NATIVE_CFG}) and the weights disagree")
 
 
 def load_native(folder: str | Path, device: str | torch.device = "cpu") -> LoadedSAE:

@@ -34,23 +34,29 @@ def expected_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_tensors(tensors: dict[str, Tensor], cfg: SAEConfig, where: str) -> dict[str, Tensor]:
-    """Names, shapes, float dtypes and finiteness; returns float32 copies."""
+def check_shapes(found: dict[str, tuple[int, ...]], cfg: SAEConfig, where: str, note: str = "") -> None:
+    """Every tensor the architecture needs is there with its shape (`found`: name -> shape); `note` is
+    added to a shape error (e.g. which file the sizes came from)."""
     shapes = expected_shapes(cfg)
-    missing = [name for name in shapes if name not in tensors]
+    missing = [name for name in shapes if name not in found]
     if missing:
         raise SAEFormatError(
             f"{where}: missing tensor(s) {', '.join(missing)} for a {cfg.architecture} SAE "
-            f"(found: {', '.join(sorted(tensors)) or 'none'})"
+            f"(found: {', '.join(sorted(found)) or 'none'})"
         )
-    out: dict[str, Tensor] = {}
     for name, shape in shapes.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != shape:
+        if found[name] != shape:
             raise SAEFormatError(
-                f"{where}: {name} has shape {tuple(tensor.shape)}, expected {shape} "
-                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae})"
+                f"{where}: {name} has shape {found[name]}, expected {shape} (d_in={cfg.d_in}, d_sae={cfg.d_sae}){note}"
             )
+
+
+def check_tensors(tensors: dict[str, Tensor], cfg: SAEConfig, where: str) -> dict[str, Tensor]:
+    """Names, shapes, float dtypes and finiteness; returns float32 copies."""
+    check_shapes({name: tuple(t.shape) for name, t in tensors.items()}, cfg, where)
+    out: dict[str, Tensor] = {}
+    for name in expected_shapes(cfg):
+        tensor = tensors[name]
         if not tensor.is_floating_point():
             raise SAEFormatError(f"{where}: {name} has dtype {tensor.dtype}, expected a float dtype")
         if not torch.isfinite(tensor).all():
