@@ -7,14 +7,12 @@ Nothing here runs on the event loop for long: the SAE lookup is a database query
 
 from __future__ import annotations
 
-import time
-
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from app.encoding.gate import EncodeGate
-from app.encoding.targets import TARGET_TTL, encode_target
-from app.encoding.types import Encoder, SAETarget, TextEncoding
+from app.encoding.targets import cached_target, encode_target
+from app.encoding.types import Encoder, TextEncoding
 
 
 async def encode_texts(
@@ -27,10 +25,8 @@ async def encode_texts(
     include_bos: bool,
 ) -> list[TextEncoding]:
     """Encode `texts` with the SAE named `sae` (NotFound, EncodeError, EncoderUnavailable, TooManyRequests)."""
-    cached: tuple[float, SAETarget] | None = request.app.state.encode_targets.get(sae)
-    if cached is not None and time.monotonic() - cached[0] < TARGET_TTL:
-        target = cached[1]
-    else:
+    target = cached_target(request, sae)
+    if target is None:  # a database query: in a thread
         target = await run_in_threadpool(encode_target, request, sae)
     gate: EncodeGate = request.app.state.encode_gate
     encoder: Encoder = request.app.state.encoder

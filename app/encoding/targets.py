@@ -13,14 +13,18 @@ TARGET_TTL = 5.0
 """Seconds an SAE's encode target (model, layer, site, weights path) is reused without asking the database."""
 
 
+def cached_target(request: Request, sae: str) -> SAETarget | None:
+    """The SAE's encode target if the app's short-lived cache holds a fresh one (never blocks)."""
+    hit: tuple[float, SAETarget] | None = request.app.state.encode_targets.get(sae)
+    return hit[1] if hit is not None and time.monotonic() - hit[0] < TARGET_TTL else None
+
+
 def encode_target(request: Request, sae: str) -> SAETarget:
     """The SAE's encode target, from the app's short-lived cache or the database (blocking)."""
-    cache: dict[str, tuple[float, SAETarget]] = request.app.state.encode_targets
-    hit = cache.get(sae)
-    if hit is not None and time.monotonic() - hit[0] < TARGET_TTL:
-        return hit[1]
-    target = _lookup(request, sae)
-    cache[sae] = (time.monotonic(), target)
+    target = cached_target(request, sae)
+    if target is None:
+        target = _lookup(request, sae)
+        request.app.state.encode_targets[sae] = (time.monotonic(), target)
     return target
 
 
