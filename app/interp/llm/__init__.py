@@ -1,0 +1,1 @@
+"""Chat LLM backends behind one small interface (`base.ChatBackend`)."""

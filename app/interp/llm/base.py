@@ -1,0 +1,74 @@
+"""The one interface every chat backend implements, and the types it speaks.
+
+A backend answers a list of chat messages with text and, when asked and able, the
+log-probabilities of each generated token with its most likely alternatives (the simulation
+score reads an expected 0-10 activation from them). Backends are async: the OpenAI-compatible
+one runs many requests at once, the in-process one runs its model in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, its log-probability and its most likely alternatives."""
+
+    token: str
+    """The token's text as the backend decodes it."""
+    logprob: float
+    """Natural-log probability of this token."""
+    top: dict[str, float] = field(default_factory=dict)
+    """Alternative token text -> logprob (the chosen token included), at most the requested number."""
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """A backend's answer."""
+
+    text: str
+    """The generated text (the assistant message's content)."""
+    model: str
+    """The model that answered, as the backend names it."""
+    tokens: tuple[TokenLogprob, ...] | None = None
+    """Per generated token, when logprobs were asked for and the backend returns them; else None."""
+
+
+class LLMError(RuntimeError):
+    """The backend could not answer (unreachable, timed out, refused, malformed reply).
+
+    The message says what failed and how to fix it; callers keep what they already have."""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """A chat LLM: OpenAI-compatible endpoint or in-process Hugging Face model."""
+
+    name: str
+    """What to record as the explaining / scoring LLM, e.g. 'hf:HuggingFaceTB/SmolLM2-135M-Instruct'
+    or 'openai:http://localhost:11434/v1#llama3.1:8b'."""
+
+    async def chat(
+        self, messages: Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0, logprobs: int = 0
+    ) -> ChatReply:
+        """Answer `messages`. `temperature` 0 is greedy. `logprobs` > 0 asks for that many top
+        alternatives per generated token (ChatReply.tokens; None when the backend cannot).
+        Raises LLMError when no answer can be had (after the backend's own retries)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections / model memory."""
+        ...
