@@ -103,3 +103,13 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     device: str = Field("auto", description="auto, cpu or cuda for the encoder and jobs.")
+    llm_api_key: SecretStr | None = Field(
+        None,
+        description="API key of the OpenAI-compatible endpoint that `jumpscope explain --llm http(s)://...` uses, "
+        "sent as a Bearer token; never logged or shown.",
+    )
+    llm_concurrency: int = Field(4, ge=1, description="Requests in flight at once to an OpenAI-compatible LLM.")
+    llm_timeout_s: float = Field(60.0, gt=0, description="Seconds one LLM request may take before it is retried.")
+    llm_max_retries: int = Field(
+        4, ge=0, description="Further attempts after a connect error, timeout, 429 or 5xx of an LLM endpoint."
+    )
