@@ -66,6 +66,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "new short, batch 1024, one epoch (the demo)": {"coeff": 1.2e-4, "epochs": 1.0, "train": {"batch_size": 1024}},
     "TopK k 32, before": {"sae": {"architecture": "topk", "k": 32}, "train": {"decoder_init": "random"}},
     "TopK k 32, data rows": {"sae": {"architecture": "topk", "k": 32}},
+    # The --quick sweep's budget (run with --width 2048 --epochs 1 --batch-size 1024 on its cache), at L0 ~30
+    "quick JumpReLU lambda 1e-4": {"coeff": 1e-4},
+    "quick JumpReLU + dead_aux 1/32": {"coeff": 1e-4, "sae": {"dead_aux": 1 / 32}},
+    "quick JumpReLU + dead_aux 1/4": {"coeff": 1e-4, "sae": {"dead_aux": 0.25}},
+    "quick JumpReLU + threshold lr x10": {"coeff": 1e-4, "train": {"threshold_lr_scale": 10.0}},
+    "quick JumpReLU, batch 512": {"coeff": 1e-4, "train": {"batch_size": 512}},
+    "quick JumpReLU, batch 512 + dead_aux 1/32": {
+        "coeff": 1e-4, "sae": {"dead_aux": 1 / 32}, "train": {"batch_size": 512},
+    },
+    "quick TopK k 32": {"sae": {"architecture": "topk", "k": 32}},
+    "quick TopK k 32, batch 512": {"sae": {"architecture": "topk", "k": 32}, "train": {"batch_size": 512}},
 }  # fmt: skip
 """Name -> {coeff, epochs, sae: SAEConfig fields, train: TrainConfig fields} on top of --recipe short."""
 

@@ -46,7 +46,11 @@ class SAEConfig:
     k: int = 32
     """TopK (architectures whose knob is k): active latents per token."""
     k_aux: int | None = None
-    """TopK: latents used by the AuxK loss; None means d_in // 2 (Gao et al. 2024)."""
+    """TopK: latents used by the AuxK loss; None means d_in // 2 (Gao et al. 2024). JumpReLU's dead_aux uses it too."""
+    dead_aux: float = 0.0
+    """Deviation (JumpReLU): weight alpha of an AuxK loss on dead latents (Gao et al. 2024): the k_aux largest
+    ReLU'd pre-activations among latents that have not fired for dead_tokens reconstruct the residual x - x_hat,
+    so dead latents get a gradient towards what the live ones miss. 0 = none, as the paper."""
 
     def __post_init__(self) -> None:
         if self.architecture not in registry.names():
@@ -63,6 +67,8 @@ class SAEConfig:
                 raise ValueError(f"{name} must be in 1..{limit:,}, got {getattr(self, name):,}")
         if self.threshold_param not in get_args(ThresholdParam):
             raise ValueError(f"threshold_param must be log or raw, got {self.threshold_param!r}")
+        if not 0 <= self.dead_aux <= 100:
+            raise ValueError(f"dead_aux must be in [0, 100], got {self.dead_aux}")
         if self.bandwidth <= 0 or self.threshold_init <= 0:
             raise ValueError("bandwidth and threshold_init must be positive")
         if self.spec.knob == "k" and not 0 < self.k <= self.d_sae:

@@ -154,9 +154,10 @@ class JumpReLUSAE(SAE):
         x_hat = self.decode(f.to(pre.dtype))  # (B, d_in)
         mse = (x_hat.float() - x.float()).pow(2).sum(-1).mean()
         sparsity = l0.mean()
-        zero = mse.new_zeros(())
+        aux = self._dead_aux_loss(x, x_hat.detach())
         # theta > 0, so f > 0 exactly where H(pre - theta) = 1: reuse the mask
-        return StepOutput(mse + coeff * sparsity, mse, sparsity, zero, x_hat.detach(), active)
+        loss = mse + coeff * sparsity + self.cfg.dead_aux * aux
+        return StepOutput(loss, mse, sparsity, aux, x_hat.detach(), active)
 
     def sparse_training_step(self, x: Tensor, coeff: float) -> StepOutput:
         # The same loss as training_step, with f kept at its active entries (SparseJumpReLUStep).
@@ -168,7 +169,32 @@ class JumpReLUSAE(SAE):
         x_hat = decoded + self.b_dec  # (B, d_in)
         mse = (x_hat - x.float()).pow(2).sum(-1).mean()
         sparsity = l0.mean()
-        return StepOutput(mse + coeff * sparsity, mse, sparsity, mse.new_zeros(()), x_hat.detach(), active)
+        aux = self._dead_aux_loss(x, x_hat.detach())
+        loss = mse + coeff * sparsity + self.cfg.dead_aux * aux
+        return StepOutput(loss, mse, sparsity, aux, x_hat.detach(), active)
+
+    def _dead_aux_loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """AuxK on the dead latents (SAEConfig.dead_aux; a zero scalar when it is off or none is dead).
+
+        Only the dead latents' columns are encoded (B x n_dead x d_in), so the term costs nothing
+        while every latent fires and stays cheap in the sparse step."""
+        zero = x.new_zeros((), dtype=torch.float32)
+        if self.cfg.dead_aux == 0:
+            return zero
+        dead = (self.tokens_since_fired >= self.dead_tokens).nonzero().squeeze(1)  # (n_dead,)
+        if dead.numel() == 0:
+            return zero
+        k_aux = min(self.cfg.resolved_k_aux, dead.numel())
+        w_enc = self.W_enc[:, dead]  # (d_in, n_dead)
+        bias = self.b_enc[dead] - self.b_dec @ w_enc if self.cfg.use_pre_enc_bias else self.b_enc[dead]
+        pre = torch.addmm(bias, x, w_enc).float()  # (B, n_dead)
+        values, picked = pre.topk(k_aux, dim=-1, sorted=False)  # (B, k_aux) each
+        f_aux = torch.zeros_like(pre).scatter_(-1, picked, torch.relu(values))  # (B, n_dead)
+        residual = x.float() - x_hat.float()  # (B, d_in), detached by the caller
+        residual_hat = f_aux @ self.W_dec[dead].float()  # (B, d_in), no bias: it models a residual
+        err = (residual_hat - residual).pow(2).sum(-1).mean()
+        var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        return torch.nan_to_num(err / var)
 
     @torch.no_grad()
     def init_thresholds(self, theta: Tensor, latents: Tensor | None = None) -> None:

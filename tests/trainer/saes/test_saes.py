@@ -618,3 +618,30 @@ def test_topk_trains_with_the_auxk_weight_from_the_first_step_and_others_warm_up
     relu = SAEConfig(d_in=16, d_sae=48, architecture="relu")
     assert sparsity_coeff(relu, train) == 0.5
     assert [sparsity_at(s, 0.5, train, "relu") for s in (0, 2, 8)] == [0.0, 0.25, 0.5]
+
+
+def test_jumprelu_dead_aux_trains_only_dead_latents_towards_the_residual() -> None:
+    """SAEConfig.dead_aux: dead latents' encoder columns and decoder rows get a gradient, live ones none
+    from that term; with dead_aux = 0 the step is the paper's (aux is zero)."""
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for alpha in (0.0, 0.5):
+        torch.manual_seed(0)  # the same weights for both
+        sae = build_sae(tiny_sae_cfg(d_in=16, d_sae=32, threshold_param="raw", dead_aux=alpha, k_aux=4))
+        with torch.no_grad():
+            sae.raw_threshold[:8] = 1e3  # latents 0..7 never fire and get no gradient from mse or L0
+        sae.tokens_since_fired[:8] = sae.dead_tokens
+        out = sae.training_step(x, 0.01)
+        assert (float(out.aux) > 0) == (alpha > 0)
+        out.loss.backward()
+        grads[alpha] = (sae.W_enc.grad.clone(), sae.W_dec.grad.clone())
+    enc0, dec0 = grads[0.0]
+    enc, dec = grads[0.5]
+    assert float(enc0[:, :8].abs().sum()) == 0 and float(dec0[:8].abs().sum()) == 0
+    assert float(enc[:, :8].abs().sum()) > 0 and float(dec[:8].abs().sum()) > 0
+    torch.testing.assert_close(enc[:, 8:], enc0[:, 8:])  # the live latents' encoder sees no aux gradient
+
+
+def test_dead_aux_out_of_range_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="dead_aux"):
+        tiny_sae_cfg(d_in=16, d_sae=32, dead_aux=-1.0)

@@ -36,6 +36,13 @@ def _grads(sae: SAE, step: str, x: torch.Tensor) -> tuple[torch.Tensor, dict[str
 SPARSE: dict[str, dict[str, Any]] = {
     "jumprelu-log": {"threshold_param": "log", "bandwidth": 0.3, "threshold_init": 0.2},
     "jumprelu-raw": {"threshold_param": "raw", "bandwidth": 0.3, "threshold_init": 0.2},
+    "jumprelu-dead-aux": {
+        "threshold_param": "raw",
+        "bandwidth": 0.3,
+        "threshold_init": 0.2,
+        "dead_aux": 0.25,
+        "k_aux": 20,
+    },
     "relu": {"architecture": "relu"},
     "topk": {"architecture": "topk", "k": 12, "k_aux": 20},
     "topk-few-dead": {"architecture": "topk", "k": 12, "k_aux": 40},
@@ -56,6 +63,8 @@ def _prepare(sae: SAE) -> None:
             sae.tokens_since_fired[::3] = sae.dead_tokens  # 32 dead latents: AuxK is on
         else:
             sae.b_enc.normal_(0, 0.5 if architecture == "relu" else 0.1)
+        if sae.cfg.dead_aux:
+            sae.tokens_since_fired[::3] = sae.dead_tokens  # 32 dead latents: the dead-latent AuxK is on
         if isinstance(sae, GatedSAE):
             sae.r_mag.normal_(0, 0.3)  # mag <= 0 at some open gates
             sae.b_mag.normal_(0, 0.3)
@@ -80,6 +89,7 @@ def test_sparse_and_dense_steps_give_the_same_loss_and_gradients(device: str, ar
     assert 0 < active < pre.numel()
     if cfg.architecture == "topk":
         assert active < 64 * cfg.k  # some selected entries have pre <= 0
+    if cfg.architecture == "topk" or cfg.dead_aux:
         assert float(dense_out.aux.detach()) > 0  # AuxK is exercised
     if cfg.architecture == "gated":
         assert active < int((pre > 0).sum()) < pre.numel()  # some gates shut, some open with mag <= 0
