@@ -13,8 +13,8 @@ the hooked module by raising an exception, so later layers and the unembedding n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import torch
@@ -107,6 +107,40 @@ def harvest(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, 
     if not captured:
         raise SiteError(f"the {site} hook of layer {layer} never ran")
     return captured[0]
+
+
+@torch.no_grad()
+def harvest_many(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, sites: Sequence[tuple[int, str]]
+) -> list[Tensor]:
+    """(B, T) token ids -> one (B, T, d_in) activation per (layer, site), in order, from ONE forward pass.
+
+    The pass stops once every site has been read, i.e. right after the deepest hooked module: later
+    layers and the unembedding never run. Repeated sites share one hook.
+    """
+    wanted = list(dict.fromkeys(sites))
+    if not wanted:
+        raise SiteError("no site given: name at least one (layer, site)")
+    captured: dict[tuple[int, str], Tensor] = {}
+
+    def grab(key: tuple[int, str]) -> Callable[[Tensor], None]:
+        def fn(act: Tensor) -> None:
+            # a copy: later layers must not be able to change what was read (no in-place op does today)
+            captured[key] = act.detach().clone()
+            if len(captured) == len(wanted):
+                raise _StopForward
+
+        return fn
+
+    with ExitStack() as stack:
+        for layer, site in wanted:
+            stack.enter_context(_hooked(model, layer, site, grab((layer, site))))
+        with suppress(_StopForward):
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    missing = [f"{site} of layer {layer}" for layer, site in wanted if (layer, site) not in captured]
+    if missing:
+        raise SiteError(f"the hooks of {', '.join(missing)} never ran")
+    return [captured[key] for key in sites]
 
 
 @contextmanager
