@@ -32,7 +32,9 @@ class TokenLogprob:
     logprob: float
     """Natural-log probability of this token."""
     top: dict[str, float] = field(default_factory=dict)
-    """Alternative token text -> logprob (the chosen token included), at most the requested number."""
+    """Alternative token text -> logprob (the chosen token included), at most the requested number,
+    plus the chosen token when sampling picked one outside them. Distinct tokens that decode to the
+    same text keep the likelier one's logprob."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class ChatReply:
     """The model that answered, as the backend names it."""
     tokens: tuple[TokenLogprob, ...] | None = None
     """Per generated token, when logprobs were asked for and the backend returns them; else None."""
+    finish_reason: str | None = None
+    """Why generation stopped, as the OpenAI API says it: 'stop' (end of turn) or 'length' (max_tokens
+    reached: the text may be cut off); None when the backend does not say."""
+    prompt_tokens: int | None = None
+    """Tokens of the templated prompt, when the backend reports them."""
+    completion_tokens: int | None = None
+    """Tokens generated, when the backend reports them."""
 
 
 class LLMError(RuntimeError):
