@@ -42,7 +42,9 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     from app.jobs import pages as jobs_pages
     from app.ratings import api as ratings_api
     from app.ratings import pages as ratings_pages
+    from app.studies import api as studies_api
     from app.studies import pages as studies_pages
+    from app.studies import results_pages as studies_results_pages
     from app.sweeps import api as sweeps_api
     from app.sweeps import pages as sweeps_pages
     from app.web import rendering
@@ -81,11 +83,12 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
         max_values=settings.encode_max_values,
     )  # fmt: skip
     errors.install(app)
-    for module in (health, catalog_api, features_api, ratings_api, encoding_api, jobs_api, sweeps_api):
+    for module in (health, catalog_api, features_api, ratings_api, encoding_api, jobs_api, sweeps_api, studies_api):
         app.include_router(module.router)
     rendering.mount(app)  # /static, and HTML 404 pages for browsers
     for module in (catalog_pages, features_pages, ratings_pages, studies_pages, jobs_pages, sweeps_pages):
         app.include_router(module.router)
+    app.include_router(studies_results_pages.router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before any route reads
     return app
 

@@ -1,0 +1,113 @@
+"""The study pages end to end in headless Chromium (Debian's /usr/bin/chromium driven by playwright-python) against
+real uvicorn (`jumpscope serve`) on the shared indexed store, with ratings posted to that server's rating API:
+the plot and the tables render, the CSV download works, and a finished study queue links to its results."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from app.core.database import session_scope
+from app.core.tables import Feature, SAERow
+from app.web.forms import RATER_COOKIE, cookie_value
+from tests.app.conftest import jumpscope_serve
+from tests.app.studies.conftest import FIG6, STUDY, post_ratings, register
+
+CHROMIUM = Path("/usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
+if not CHROMIUM.exists():
+    pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver", allow_module_level=True)
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def server(shared_index: Any) -> Iterator[str]:
+    """Base URL of `jumpscope serve` over the shared store, with two more SAEs and the study FIG6 rated through it."""
+    url, engine, _, folder = shared_index
+    register(engine, folder, "tiny-b", "jumprelu")
+    register(engine, folder, "tiny-topk", "topk")
+    with jumpscope_serve(url, folder) as served, httpx.Client(base_url=served.base, timeout=30) as http:
+        post_ratings(http.post, STUDY, FIG6)
+        yield served.base
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) that accepts downloads."""
+    ctx = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+    ctx.set_default_timeout(TIMEOUT_MS)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: Any) -> Iterator[Any]:
+    """A page whose JavaScript errors fail the test."""
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    assert not errors, errors
+
+
+@pytest.mark.slow
+def test_study_page_shows_the_plot_and_the_table(server: str, page: Any, tmp_path: Path) -> None:
+    page.goto(f"{server}/")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Studies").click()
+    page.get_by_role("link", name=STUDY).click()
+    assert page.title().startswith(f"Study {STUDY}")
+    charts = page.locator("figure svg[role=img]")
+    assert charts.count() == 2
+    assert "Answers per architecture" in (charts.first.get_attribute("aria-label") or "")
+    bars = charts.first.locator("g > rect")
+    assert bars.count() == 6  # yes, maybe, no for jumprelu and topk
+    heights = [bars.nth(i).bounding_box()["height"] for i in range(6)]
+    assert heights[0] > heights[1] > 0 and heights[3] == 0 and heights[5] > heights[4] > 0  # 4/6 > 1/6; 0/3 < 1/3 < 2/3
+    assert charts.nth(1).locator("g > rect").count() == 9  # per SAE
+    rows = page.locator("table[data-groups=architecture] tbody tr")
+    assert rows.count() == 2
+    jumprelu = rows.nth(0).inner_text()
+    assert "jumprelu" in jumprelu and "4 · 67% (30%–90%)" in jumprelu
+    assert "0.545" in page.locator("#alpha").inner_text()
+    assert page.locator("#verdicts tbody tr").count() == 6
+    with page.expect_download() as info:
+        page.get_by_role("link", name="ratings.csv").click()
+    saved = tmp_path / "ratings.csv"
+    info.value.save_as(saved)
+    rows_back = list(csv.DictReader(io.StringIO(saved.read_text())))
+    assert len(rows_back) == len(FIG6) and {r["study"] for r in rows_back} == {STUDY}
+
+
+@pytest.mark.slow
+def test_a_finished_study_queue_links_to_its_results(server: str, context: Any, page: Any, shared_index: Any) -> None:
+    with session_scope(shared_index[1]) as session:
+        run = session.scalar(select(SAERow.index_run_id).where(SAERow.name == "tiny"))
+        live = list(session.scalars(select(Feature.index).where(Feature.run_id == run, Feature.fire_count > 0)))
+    study = "queue done"
+    post_ratings(lambda path, json: httpx.post(server + path, json=json, timeout=30), study,
+                 [("tiny", index, "hana", "yes", "") for index in live])  # fmt: skip
+    context.add_cookies([{"name": RATER_COOKIE, "value": cookie_value("hana"), "url": server}])
+    page.goto(f"{server}/rate?saes=tiny&study=queue+done&blind=1")
+    assert page.get_by_role("heading", name=f"All {len(live)} features rated").is_visible()
+    page.get_by_role("link", name=f"Results of study “{study}”").click()
+    assert page.url == f"{server}/studies/queue%20done"
+    assert page.locator("figure svg[role=img]").count() == 2
+    assert page.locator("table[data-groups=sae] tbody tr").count() == 1
