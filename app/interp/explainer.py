@@ -131,8 +131,9 @@ def parse_explanation(text: str) -> str:
     rest = text[marker.end() :] if marker else text
     line = next((ln.strip() for ln in rest.splitlines() if ln.strip()), "")
     line = _SENTENCE_END.split(line, maxsplit=1)[0]
-    line = line.replace("**", "").replace("__", "").strip().strip("\"'`").strip()
-    line = line.rstrip(".").strip()
+    line = line.replace("**", "").replace("__", "").strip().rstrip(".").strip()
+    if len(line) >= 2 and line[0] == line[-1] and line[0] in "\"'`":
+        line = line[1:-1].strip().rstrip(".").strip()  # the whole answer quoted
     if not line:
         raise ParseError("empty answer", text)
     if _ECHO.search(line):
