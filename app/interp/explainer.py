@@ -10,6 +10,7 @@ feature's max over the shown examples.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,12 +122,20 @@ def explanation_messages(
     return messages
 
 
+def _is_text(line: str) -> bool:
+    """Readable text: no replacement or control characters, and at least half letters, digits or spaces."""
+    if any(ch == "\ufffd" or unicodedata.category(ch) == "Cc" for ch in line):
+        return False
+    return sum(ch.isalnum() or ch.isspace() for ch in line) >= 0.5 * len(line)
+
+
 def parse_explanation(text: str) -> str:
     """The explanation in an answer: the line after `Explanation:` (else the first non-empty line),
     cut at its first sentence, without quotes or markdown.
 
     Raises ParseError when there is none: an empty answer, a refusal or "I don't know", an answer
-    that echoes the examples or the template, no letters, or over MAX_WORDS words / MAX_CHARS characters."""
+    that echoes the examples or the template, no words, garbage (undecodable bytes, control characters,
+    mostly symbols), or over MAX_WORDS words / MAX_CHARS characters."""
     marker = _MARKER.search(text)
     rest = text[marker.end() :] if marker else text
     line = next((ln.strip() for ln in rest.splitlines() if ln.strip()), "")
@@ -142,6 +151,8 @@ def parse_explanation(text: str) -> str:
         raise ParseError("the answer is a refusal", text)
     if not re.search(r"[^\W\d_]", line):
         raise ParseError("the answer has no words", text)
+    if not _is_text(line):
+        raise ParseError("the answer is not text (undecodable or control characters, or mostly symbols)", text)
     if len(line.split()) > MAX_WORDS or len(line) > MAX_CHARS:
         raise ParseError(f"the answer is over {MAX_WORDS} words or {MAX_CHARS} characters", text)
     return line

@@ -92,6 +92,7 @@ def test_parse_recorded_small_model_answers(key: str, expected: str) -> None:
         ("Days of the week.", "Days of the week"),  # no marker: the first line
         ("Explanation: days of the week. They appear in dates. More text", "days of the week"),
         ("Explanation: weekdays, e.g. Monday and Tuesday", "weekdays, e.g. Monday and Tuesday"),
+        ("Explanation: years like 1990-2000 or 1,000,000", "years like 1990-2000 or 1,000,000"),
     ],
 )
 def test_parse_good_answers(text: str, expected: str) -> None:
@@ -110,6 +111,9 @@ def test_parse_good_answers(text: str, expected: str) -> None:
         ("I don't know.", "refusal"),
         ("Explanation: there is no clear pattern", "refusal"),
         ("Explanation: 10, 9, 7", "no words"),
+        # What a tiny random chat model writes: undecodable bytes and control characters.
+        ("h\ufffd\ufffd\x16di\ufffd\x16di\ufffdowO\ufffd\x16eat\x14in", "not text"),
+        ("Explanation: ab{}$%^&*()[]!!", "not text"),
         ("Explanation: " + " ".join(["word"] * (MAX_WORDS + 1)), "over"),
     ],
 )
