@@ -1,5 +1,5 @@
 """The study pages end to end in headless Chromium (Debian's /usr/bin/chromium driven by playwright-python) against
-real uvicorn (`jumpscope serve`) on the shared indexed store, with ratings posted to that server's rating API:
+real uvicorn (`jumpscope serve`) on a real store, with ratings posted to that server's rating API:
 the plot and the tables render, the CSV download works, and a finished study queue links to its results."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app.core.database import session_scope
 from app.core.tables import Feature, SAERow
 from app.web.forms import RATER_COOKIE, cookie_value
 from tests.app.conftest import jumpscope_serve
-from tests.app.studies.conftest import FIG6, STUDY, post_ratings, register
+from tests.app.studies.conftest import FIG6, STUDY, Store, post_ratings
 
 CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
@@ -29,13 +29,19 @@ TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def server(shared_index: Any) -> Iterator[str]:
-    """Base URL of `jumpscope serve` over the shared store, with two more SAEs and the study FIG6 rated through it."""
-    url, engine, _, folder = shared_index
-    register(engine, folder, "tiny-b", "jumprelu")
-    register(engine, folder, "tiny-topk", "topk")
+def server(study_store: Store) -> Iterator[str]:
+    """Base URL of `jumpscope serve` over the study store, with the study FIG6 rated through its rating API."""
+    url, _, folder = study_store
     with jumpscope_serve(url, folder) as served, httpx.Client(base_url=served.base, timeout=30) as http:
         post_ratings(http.post, STUDY, FIG6)
+        yield served.base
+
+
+@pytest.fixture(scope="module")
+def indexed_server(shared_index: Any) -> Iterator[str]:
+    """Base URL of `jumpscope serve` over the shared indexed store (a rating queue needs an indexed SAE)."""
+    url, _, _, folder = shared_index
+    with jumpscope_serve(url, folder) as served:
         yield served.base
 
 
@@ -97,7 +103,10 @@ def test_study_page_shows_the_plot_and_the_table(server: str, page: Any, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_finished_study_queue_links_to_its_results(server: str, context: Any, page: Any, shared_index: Any) -> None:
+def test_a_finished_study_queue_links_to_its_results(
+    indexed_server: str, context: Any, page: Any, shared_index: Any
+) -> None:
+    server = indexed_server
     with session_scope(shared_index[1]) as session:
         run = session.scalar(select(SAERow.index_run_id).where(SAERow.name == "tiny"))
         live = list(session.scalars(select(Feature.index).where(Feature.run_id == run, Feature.fire_count > 0)))
