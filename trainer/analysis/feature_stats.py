@@ -31,11 +31,24 @@ example's token):
   when S <= window (then positions past S are padding: token id -1, value 0). They are gathered from the batch
   when the entry is selected, so the activations never need to be read again.
 
-State size, defaults (K = 20, W = 64, 5 bands of 5 + the internal "at scale" band, 50 bins), per feature:
-top-K windows 10,240 B (int32 tokens + float32 values), band windows 15,360 B (6 x 5 x 64 x 8), the rest
-2,120 B, i.e. 27,720 B per feature: 454 MB for F = 16,384 and 1.82 GB for F = 65,536. With
-`band_window_dtype="float16"` the band windows take 11,520 B and the totals are 391 MB and 1.57 GB. Per
-batch `update` also makes one masked copy of `acts` and the (N, 3) int64 indices of its N non-zeros.
+State size, defaults (K = 20 + 10 held out, W = 64, 5 bands of 5 + 2 held out + the internal "at scale" band,
+50 bins, 128 contexts), per feature: top-K windows and places 16,200 B (30 x (64 x 8 + 28)), band windows and
+places 23,016 B (6 x 7 x (64 x 8 + 36)), the rest 480 B, the contexts' fired flags 128 B, i.e. 39,824 B per
+feature (27,720 B before the held-out examples and contexts): 622 MiB for F = 16,384 and 2.43 GiB for F =
+65,536, plus 36 kB for the context windows. With `band_window_dtype="float16"` the band windows take 5,376 B
+less (34,448 B per feature). Per batch `update` also makes one masked copy of `acts` and the (N, 3) int64
+indices of its N non-zeros.
+
+Held-out examples and contexts (for scoring explanations, app.interp) come from the same pass:
+
+- Held-out examples: the state keeps top_k + heldout_top top examples and band_size + heldout_band samples
+  per band; `result` splits them by rank, so the shown ones are exactly what a state without held-out slots
+  keeps (the top_k best; the band_size smallest keys, any prefix being a uniform sample), and the held-out
+  ones are the next ranks and keys. A held-out example whose token is also a shown one's is dropped (and a
+  held-out band sample repeating a held-out top example), so held-out and shown never share a token.
+- Contexts: each sequence draws a key (its own generator, seeded from `seed`) and a random window start; the
+  `contexts` windows with the smallest keys are kept, a uniform sample of the stream's windows, each with a
+  (contexts, F) flag of the features firing anywhere in it. Only a window that enters reads its activations.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ KEY_BITS = 40
 """Random bits of a reservoir key; the group index takes the 23 bits above them in one int64 sort key."""
 _KEY_EMPTY = torch.iinfo(torch.int64).max
 _MAX_SHIFT = 62
+_CONTEXT_SEED_OFFSET = 0x5EED
 _WINDOW_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -69,13 +83,27 @@ class StatsConfig:
     seed: int = 0
     """Seed of the reservoir keys."""
     band_window_dtype: str = "float32"
-    """Dtype of the band samples' window values: float32, float16 or bfloat16; 16 bits save 3,840 B per feature
+    """Dtype of the band samples' window values: float32, float16 or bfloat16; 16 bits save 5,376 B per feature
     (see the module docstring). A string, so `dataclasses.asdict` of the config stays JSON-serialisable."""
+    heldout_top: int = 10
+    """Top examples kept past the top_k shown ones (the next ranks, one per document like the rest), held out
+    from the pages: explanations are scored on examples their explainer never saw (app.interp)."""
+    heldout_band: int = 2
+    """Band samples kept per band past the band_size shown ones (the next keys of the same reservoir: a uniform
+    sample of the band, disjoint from the shown one), held out like heldout_top."""
+    contexts: int = 128
+    """Random context windows of the stream kept (a bottom-k reservoir, one window per sequence), each with the
+    set of features that fire in it: a feature's non-activating contexts are the windows where it does not
+    fire. Of 128 windows of 64 tokens, 20 or more are expected to be non-activating for a feature firing
+    (independently) on up to 2.8% of the tokens; 0 turns the reservoir off."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "window", "n_bands", "band_size", "n_bins"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("heldout_top", "heldout_band", "contexts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be zero or more, got {getattr(self, name)}")
         if self.n_bins % 2:
             raise ValueError(f"n_bins must be even (bins merge pairwise when the scale doubles), got {self.n_bins}")
         if self.band_window_dtype not in _WINDOW_DTYPES:
@@ -139,6 +167,38 @@ class FeatureStatsResult:
     """(F, n_bands, R, W) int32 token ids; -1 past the end of the sequence and in empty slots."""
     band_window_values: Tensor
     """(F, n_bands, R, W) activations (`band_window_dtype`)."""
+    heldout_top_values: Tensor
+    """(F, H) float32, H = heldout_top: the top examples of ranks top_k .. top_k + H - 1, held out from the pages;
+    descending, -inf in empty slots (slots emptied because the token is a shown example's move to the end)."""
+    heldout_top_seq: Tensor
+    """(F, H) int64; -1 in empty slots. The other heldout_top_* tensors are shaped and filled like top_*."""
+    heldout_top_doc: Tensor
+    heldout_top_start: Tensor
+    heldout_top_pos: Tensor
+    heldout_top_window_tokens: Tensor
+    heldout_top_window_values: Tensor
+    heldout_band_values: Tensor
+    """(F, n_bands, Rh) float32, Rh = heldout_band: the band samples after the shown ones in key order (a uniform
+    sample of the band disjoint from the shown one), minus any whose token is a shown or held-out top example's
+    or a shown band sample's; empty slots last. The other heldout_band_* tensors are shaped and filled like
+    band_*."""
+    heldout_band_seq: Tensor
+    heldout_band_doc: Tensor
+    heldout_band_start: Tensor
+    heldout_band_pos: Tensor
+    heldout_band_window_tokens: Tensor
+    heldout_band_window_values: Tensor
+    context_seq: Tensor
+    """(N,) int64, N = contexts: global sequence id of each random context window, in key order; -1 in empty
+    slots (fewer sequences than N)."""
+    context_doc: Tensor
+    """(N,) int64 document id of the window's middle token; -1 in empty slots."""
+    context_start: Tensor
+    """(N,) int32 window start within the sequence."""
+    context_tokens: Tensor
+    """(N, W) int32 token ids; -1 past the end of the sequence and in empty slots."""
+    context_fired: Tensor
+    """(N, F) bool: whether the feature fires on any token of the window (special tokens never fire)."""
 
     @property
     def n_bins(self) -> int:
@@ -177,7 +237,10 @@ class FeatureStats:
         self.d_sae = d_sae
         self.cfg = cfg
         self.device = torch.device(device)
-        F, K, W, R = d_sae, cfg.top_k, cfg.window, cfg.band_size
+        # The state keeps the shown and the held-out examples together: the top (top_k + heldout_top) and the
+        # (band_size + heldout_band) smallest keys per band; result() splits them by rank.
+        self._K, self._R = cfg.top_k + cfg.heldout_top, cfg.band_size + cfg.heldout_band
+        F, K, W, R = d_sae, self._K, cfg.window, self._R
         G = n_groups  # (feature, internal band) groups; internal band n_bands = "at the scale"
         dev = self.device
         i64, i32, f32 = torch.int64, torch.int32, torch.float32
@@ -209,8 +272,20 @@ class FeatureStats:
         self.band_window_tokens = torch.full((G, R, W), -1, dtype=i32, device=dev)
         self.band_window_values = torch.zeros(G, R, W, dtype=_WINDOW_DTYPES[cfg.band_window_dtype], device=dev)
 
+        # Context reservoir: one random window per sequence, the N smallest keys kept, slots sorted by key.
+        N = cfg.contexts
+        self.ctx_key = torch.full((N,), _KEY_EMPTY, dtype=i64, device=dev)
+        self.ctx_seq = torch.full((N,), -1, dtype=i64, device=dev)
+        self.ctx_doc = torch.full((N,), -1, dtype=i64, device=dev)
+        self.ctx_start = torch.zeros(N, dtype=i32, device=dev)
+        self.ctx_tokens = torch.full((N, W), -1, dtype=i32, device=dev)
+        self.ctx_fired = torch.zeros(N, F, dtype=torch.bool, device=dev)
+
         self._gen = torch.Generator(device=dev)
         self._gen.manual_seed(cfg.seed)
+        # Its own generator, so that the band keys do not depend on the context reservoir's size.
+        self._ctx_gen = torch.Generator(device=dev)
+        self._ctx_gen.manual_seed(cfg.seed + _CONTEXT_SEED_OFFSET)
 
     def nbytes(self) -> int:
         """Bytes held by the state tensors."""
@@ -250,6 +325,7 @@ class FeatureStats:
         self._update_counts(f_idx, bins, bands, doublings)
         self._update_top(a, token_ids, doc_ids, seq_max, seq_arg, seq0)
         self._update_bands(a, token_ids, doc_ids, b_idx, s_idx, f_idx, vals, bands, doublings, seq0)
+        self._update_contexts(a, token_ids, doc_ids, special, seq0)
 
     def _rescale(self, batch_max: Tensor) -> Tensor:
         """Set the scale of newly firing features, double the others' until they cover the batch max.
@@ -297,7 +373,7 @@ class FeatureStats:
     def _update_top(
         self, a: Tensor, token_ids: Tensor, doc_ids: Tensor, seq_max: Tensor, seq_arg: Tensor, seq0: int
     ) -> None:
-        K, W = self.cfg.top_k, self.cfg.window
+        K, W = self._K, self.cfg.window
         cand = torch.where(seq_max > 0, seq_max, -torch.inf).T  # (F, B): one candidate per (feature, sequence)
         rows = (cand > self.top_values[:, -1:]).any(1).nonzero().squeeze(1)  # (R,) features whose top-K may change
         if rows.numel() == 0:
@@ -368,7 +444,7 @@ class FeatureStats:
         doublings: Tensor,
         seq0: int,
     ) -> None:
-        R, W = self.cfg.band_size, self.cfg.window
+        R, W = self._R, self.cfg.window
         F, NB = self.d_sae, self.cfg.n_bands + 1
         dev = self.device
         keys = self._draw_keys(f_idx.numel())  # (N,)
@@ -445,9 +521,57 @@ class FeatureStats:
         self.band_window_values.view(-1, W)[d_old] = o_wvalues
         self.band_window_values.view(-1, W)[d_new] = n_wvalues.to(self.band_window_values.dtype)
 
+    def _update_contexts(self, a: Tensor, token_ids: Tensor, doc_ids: Tensor, special: Tensor, seq0: int) -> None:
+        """Offer one random window per sequence to the context reservoir (the N smallest keys stay).
+
+        Every sequence draws a key and a window start; a window without a non-special token never enters. A new
+        window's fired set is read from this batch's activations, so nothing is read twice."""
+        N, W = self.cfg.contexts, self.cfg.window
+        if N == 0:
+            return
+        B, S, _ = a.shape
+        dev = self.device
+        keys = torch.randint(0, 1 << KEY_BITS, (B,), generator=self._ctx_gen, device=dev, dtype=torch.int64)  # (B,)
+        starts = torch.randint(0, max(S - W, 0) + 1, (B,), generator=self._ctx_gen, device=dev)  # (B,)
+        idx = starts[:, None] + torch.arange(W, device=dev)  # (B, W)
+        valid = idx < S  # (B, W): positions past a short sequence pad the window
+        idx = idx.clamp(max=S - 1)
+        has_text = (~special.gather(1, idx) & valid).any(1)  # (B,)
+        keys = keys.masked_fill(~has_text, _KEY_EMPTY)
+        if not bool((keys < self.ctx_key[-1]).any()):  # slots are sorted by key: nothing beats the largest kept
+            return
+        all_keys = torch.cat([self.ctx_key, keys])  # (N + B,): kept entries first, so they win ties
+        order = all_keys.argsort(stable=True)[:N]  # (N,)
+        new_key = all_keys[order]  # (N,)
+        empty = new_key == _KEY_EMPTY  # (N,)
+        from_state = order < N  # (N,)
+        old = order.clamp(max=N - 1)  # (N,)
+        b = (order - N).clamp(min=0)  # (N,): batch sequence of new entries
+        mid = idx[b, W // 2]  # (N,): the window's middle token names its document
+        tokens = token_ids[b[:, None], idx[b]].masked_fill(~valid[b], -1).to(torch.int32)  # (N, W)
+        fired = self.ctx_fired[old]  # (N, F): a fresh tensor (advanced indexing), filled in place below
+        for j in (~from_state & ~empty).nonzero().squeeze(1).tolist():
+            bj, s0 = int(b[j]), int(starts[b[j]])
+            fired[j] = (a[bj, s0 : s0 + W] > 0).any(0)  # (F,) features firing anywhere in the window
+        fired[empty] = False
+        self.ctx_key = new_key
+        self.ctx_seq = torch.where(from_state, self.ctx_seq[old], seq0 + b).masked_fill_(empty, -1)
+        self.ctx_doc = torch.where(from_state, self.ctx_doc[old], doc_ids[b, mid]).masked_fill_(empty, -1)
+        self.ctx_start = torch.where(from_state, self.ctx_start[old], starts[b].to(torch.int32)).masked_fill_(empty, 0)
+        self.ctx_tokens = torch.where(from_state[:, None], self.ctx_tokens[old], tokens).masked_fill_(
+            empty[:, None], -1
+        )
+        self.ctx_fired = fired
+
     def result(self) -> FeatureStatsResult:
-        """The statistics so far, on the CPU (the state is left untouched; `update` may continue)."""
-        F, nb, R = self.d_sae, self.cfg.n_bands, self.cfg.band_size
+        """The statistics so far, on the CPU (the state is left untouched; `update` may continue).
+
+        The kept examples are split by rank: the first top_k top examples and band_size band samples are the
+        shown ones, the rest held out; a held-out example whose token is also a shown example's (a top example
+        is often a band sample too) or, for band samples, a held-out top example's is dropped, so the held-out
+        examples never repeat a shown one."""
+        F, nb, R = self.d_sae, self.cfg.n_bands, self._R
+        K, R_shown = self.cfg.top_k, self.cfg.band_size
         n = self.cfg.n_bins
         hist = self.hist[:, :n].clone()  # (F, n_bins)
         hist[:, -1] += self.hist[:, n]
@@ -466,6 +590,12 @@ class FeatureStats:
             out[:, -1] = last.gather(1, idx)
             return out.cpu()  # out is already a copy
 
+        top = {name: _cpu(getattr(self, f"top_{name}")) for name in _EXAMPLE_FIELDS}  # (F, K + H, ...)
+        band = {name: bands(getattr(self, f"band_{name}")) for name in _EXAMPLE_FIELDS}  # (F, nb, R, ...)
+        held_top = {name: t[:, K:].clone() for name, t in top.items()}  # (F, H, ...)
+        held_band = {name: t[:, :, R_shown:].clone() for name, t in band.items()}  # (F, nb, R - R_shown, ...)
+        _drop_repeats(top, band, held_top, held_band, K, R_shown)
+
         tokens_seen = int(self.tokens_seen)
         fire_count = _cpu(self.fire_count)
         return FeatureStatsResult(
@@ -478,18 +608,67 @@ class FeatureStats:
             scale=_cpu(self.scale),
             hist=hist.cpu(),
             band_count=band_count.cpu(),
-            top_values=_cpu(self.top_values),
-            top_seq=_cpu(self.top_seq),
-            top_doc=_cpu(self.top_doc),
-            top_start=_cpu(self.top_start),
-            top_pos=_cpu(self.top_pos),
-            top_window_tokens=_cpu(self.top_window_tokens),
-            top_window_values=_cpu(self.top_window_values),
-            band_values=bands(self.band_values),
-            band_seq=bands(self.band_seq),
-            band_doc=bands(self.band_doc),
-            band_start=bands(self.band_start),
-            band_pos=bands(self.band_pos),
-            band_window_tokens=bands(self.band_window_tokens),
-            band_window_values=bands(self.band_window_values),
+            **{f"top_{name}": t[:, :K].clone() for name, t in top.items()},
+            **{f"band_{name}": t[:, :, :R_shown].clone() for name, t in band.items()},
+            **{f"heldout_top_{name}": t for name, t in held_top.items()},
+            **{f"heldout_band_{name}": t for name, t in held_band.items()},
+            context_seq=_cpu(self.ctx_seq),
+            context_doc=_cpu(self.ctx_doc),
+            context_start=_cpu(self.ctx_start),
+            context_tokens=_cpu(self.ctx_tokens),
+            context_fired=_cpu(self.ctx_fired),
         )
+
+
+_EXAMPLE_FIELDS = ("values", "seq", "doc", "start", "pos", "window_tokens", "window_values")
+"""The per-example tensors of the top-K and the band samples (`top_*`, `band_*` in the state and the result)."""
+_EMPTY_FILL = {"values": 0.0, "seq": -1, "doc": -1, "start": 0, "pos": 0, "window_tokens": -1, "window_values": 0.0}
+"""What an empty example slot holds (top values: -inf instead)."""
+_DROP_CHUNK = 8192
+"""Features compared at once when held-out examples are checked against the shown ones (bounds the memory)."""
+
+
+def _token_keys(ex: dict[str, Tensor], empty: int) -> Tensor:
+    """One int64 per example slot naming its token (sequence, position in the sequence); `empty` in empty slots."""
+    key = (ex["seq"] << 24) | (ex["start"] + ex["pos"]).long()  # positions stay far below 2**24
+    return key.masked_fill(ex["seq"] < 0, empty)
+
+
+def _drop_repeats(
+    top: dict[str, Tensor], band: dict[str, Tensor], held_top: dict[str, Tensor], held_band: dict[str, Tensor],
+    K: int, R_shown: int,
+) -> None:  # fmt: skip
+    """Empty (in place) the held-out slots whose token is a shown example's, or (band samples) a held-out top
+    example's, then move the kept ones to the front of their rows in their order."""
+    F = top["seq"].shape[0]
+    if held_top["seq"].shape[1] == 0 and held_band["seq"].shape[2] == 0:
+        return
+    nb = band["seq"].shape[1]
+    shown_top = _token_keys({k: t[:, :K] for k, t in top.items()}, -1)  # (F, K)
+    shown_band = _token_keys({k: t[:, :, :R_shown] for k, t in band.items()}, -1).reshape(F, -1)  # (F, nb * R)
+    h_top = _token_keys(held_top, -2)  # (F, H): -2 never matches a shown slot's -1
+    keep_top = torch.empty_like(h_top, dtype=torch.bool)
+    for lo in range(0, F, _DROP_CHUNK):
+        sl = slice(lo, lo + _DROP_CHUNK)
+        keep_top[sl] = (h_top[sl] >= 0) & ~(h_top[sl, :, None] == shown_band[sl, None, :]).any(2)
+    _compact(held_top, keep_top, top_values=True)
+    h_top = _token_keys(held_top, -1)  # the kept held-out top examples
+    h_band = _token_keys(held_band, -2).reshape(F, -1)  # (F, nb * Rh)
+    keep_band = torch.empty_like(h_band, dtype=torch.bool)
+    for lo in range(0, F, _DROP_CHUNK):
+        sl = slice(lo, lo + _DROP_CHUNK)
+        others = torch.cat([shown_top[sl], h_top[sl], shown_band[sl]], 1)  # (f, M)
+        keep_band[sl] = (h_band[sl] >= 0) & ~(h_band[sl, :, None] == others[:, None, :]).any(2)
+    _compact(held_band, keep_band.view(F, nb, -1), top_values=False)
+
+
+def _compact(ex: dict[str, Tensor], keep: Tensor, *, top_values: bool) -> None:
+    """Move the kept slots (keep (..., n) bool) to the front of their rows, in order; empty the rest (in place)."""
+    order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)  # (..., n)
+    kept = keep.gather(-1, order)  # (..., n)
+    for name, t in ex.items():
+        idx = order.view(*order.shape, *([1] * (t.dim() - order.dim()))).expand_as(t)
+        moved = t.gather(order.dim() - 1, idx)
+        fill = -torch.inf if (top_values and name == "values") else _EMPTY_FILL[name]
+        mask = ~kept.view(*kept.shape, *([1] * (t.dim() - kept.dim())))
+        t.copy_(moved.masked_fill(mask, fill))

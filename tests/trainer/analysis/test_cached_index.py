@@ -3,7 +3,8 @@
 A real (tiny, random) Gemma 2 harvests fp32 token-row shards of the packaged corpus; an SAE is indexed
 once through the model (run_index_pass) and once from the shards with no forward pass
 (run_cached_index_pass); every statistic must agree: counts, sums, maxima, histograms, top-K and
-band examples with their windows, output tokens, similar features.
+band examples with their windows, the held-out examples and the context reservoir (issue 18),
+output tokens, similar features.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def test_cached_index_equals_the_live_pass(tiny_model_dir: Path, tmp_path: Path,
     assert shards.token_rows
     meta = json.loads((acts / "meta.json").read_text())
     cfg = IndexPassConfig(tokens=tokens, dataset=dataset, split=split, context_size=CONTEXT, batch_sequences=BATCH,
-                          stats=StatsConfig(top_k=3, window=8, n_bands=2, band_size=2, n_bins=6))  # fmt: skip
+                          stats=StatsConfig(top_k=3, window=8, n_bands=2, band_size=2, n_bins=6, heldout_top=3,
+                                            heldout_band=2, contexts=16))  # fmt: skip
     lm = lm_source(model=str(tiny_model_dir), layer=1, context_size=CONTEXT, device="cpu").loaded
     sae = _sae(shards.d_in)
     live = run_index_pass(lm, sae, layer=1, site="resid", cfg=cfg)
@@ -85,10 +87,14 @@ def test_cached_index_equals_the_live_pass(tiny_model_dir: Path, tmp_path: Path,
     assert live.stats.tokens_seen == cached.stats.tokens_seen >= min(tokens, 900)
     assert int(live.stats.fire_count.sum()) > 0
     assert int((live.stats.top_seq >= 0).sum()) > 0 and int((live.stats.band_seq >= 0).sum()) > 0
+    # the held-out examples and the context reservoir too (compared field by field in _assert_same)
+    assert int((live.stats.heldout_band_seq >= 0).sum()) > 0
+    assert int((live.stats.context_seq >= 0).sum()) == cfg.stats.contexts and live.stats.context_fired.any()
     if whole:
         assert meta["pad_from"] is not None  # the data ran out: the last sequence is padded
         assert live.stats.n_sequences == meta["sequences"]
         assert live.stats.tokens_seen == meta["n_tokens"]
+        assert int((live.stats.heldout_top_seq >= 0).sum()) > 0  # 40 documents: top examples past the shown 3
     _assert_same(live, cached)
 
 

@@ -484,10 +484,137 @@ def test_config_validation() -> None:
 
 
 def test_memory_figures_in_docstring() -> None:
-    """The per-feature state size quoted in the module docstring (27,720 B; 23,880 B with float16 windows)."""
+    """The per-feature state size quoted in the module docstring (39,824 B; 34,448 B with float16 windows; 27,720 B
+    without held-out examples and contexts), and the context windows' fixed part (36 kB)."""
 
     def per_feature(cfg: StatsConfig) -> float:
-        return FeatureStats(64, cfg).nbytes() / 64
+        return (FeatureStats(128, cfg).nbytes() - FeatureStats(64, cfg).nbytes()) / 64
 
-    assert per_feature(StatsConfig()) == pytest.approx(27_720, abs=1)
-    assert per_feature(StatsConfig(band_window_dtype="float16")) == pytest.approx(23_880, abs=1)
+    assert per_feature(StatsConfig()) == 39_824
+    assert per_feature(StatsConfig(band_window_dtype="float16")) == 34_448
+    assert per_feature(StatsConfig(heldout_top=0, heldout_band=0, contexts=0)) == 27_720
+    assert FeatureStats(64).nbytes() - 64 * 39_824 == 128 * (3 * 8 + 4 + 64 * 4) + 8 < 37_000  # + tokens_seen
+
+
+# --- held-out examples and the context reservoir ---------------------------------------------------------------------
+
+
+def _tokens_of(seq: Tensor, start: Tensor, pos: Tensor) -> set[tuple[int, int]]:
+    ok = seq >= 0
+    return set(zip(seq[ok].tolist(), (start + pos)[ok].tolist(), strict=True))
+
+
+def test_shown_examples_are_what_a_state_without_heldout_slots_keeps() -> None:
+    """Held-out slots and the reservoir change nothing the pages show: every shown field is identical."""
+    stream = make_stream(seed=6)
+    plain = StatsConfig(window=8, top_k=4, band_size=3, heldout_top=0, heldout_band=0, contexts=0)
+    _, a = run(stream, plain)
+    _, b = run(stream, dataclasses.replace(plain, heldout_top=5, heldout_band=2, contexts=7))
+    for field in dataclasses.fields(FeatureStatsResult):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if field.name.startswith(("heldout_", "context_")):
+            continue
+        assert torch.equal(x, y) if isinstance(x, Tensor) else x == y, field.name
+    assert a.heldout_top_seq.shape == (30, 0) and a.context_seq.shape == (0,)
+    assert int((b.heldout_top_seq >= 0).sum()) > 0 and int((b.heldout_band_seq >= 0).sum()) > 0
+
+
+def test_heldout_examples_are_the_next_ranks_and_keys_and_never_repeat_a_shown_token() -> None:
+    stream = make_stream(seed=7)
+    cfg = StatsConfig(window=8, top_k=3, band_size=2, heldout_top=4, heldout_band=3, contexts=0)
+    _, res = run(stream, cfg)
+    # What a state keeping 7 top examples and 5 band samples holds, all shown: the reference for the held-out ones.
+    _, wide = run(stream, StatsConfig(window=8, top_k=7, band_size=5, heldout_top=0, heldout_band=0, contexts=0))
+    A = stream.acts
+    n_dropped = n_held = 0
+    for f in range(A.shape[2]):
+        shown = _tokens_of(res.top_seq[f], res.top_start[f], res.top_pos[f]) | _tokens_of(
+            res.band_seq[f], res.band_start[f], res.band_pos[f]
+        )
+        held_top = _tokens_of(res.heldout_top_seq[f], res.heldout_top_start[f], res.heldout_top_pos[f])
+        held_band = _tokens_of(res.heldout_band_seq[f], res.heldout_band_start[f], res.heldout_band_pos[f])
+        assert not held_top & shown and not held_band & shown and not held_band & held_top
+        # held-out top: ranks 3..6 of the wide top-K, minus those that are shown band samples, in rank order
+        ranks = [
+            (int(s), int(st + p), float(v))
+            for s, st, p, v in zip(wide.top_seq[f, 3:], wide.top_start[f, 3:], wide.top_pos[f, 3:],
+                                   wide.top_values[f, 3:], strict=True)
+            if s >= 0
+        ]  # fmt: skip
+        kept = [(s, p, v) for s, p, v in ranks if (s, p) not in shown]
+        k = len(kept)
+        n_dropped += len(ranks) - k
+        assert [(int(s), int(st + p)) for s, st, p in zip(res.heldout_top_seq[f, :k], res.heldout_top_start[f, :k],
+                                                         res.heldout_top_pos[f, :k], strict=True)] == [
+            (s, p) for s, p, _ in kept
+        ]  # fmt: skip
+        assert res.heldout_top_values[f, :k].tolist() == [v for _, _, v in kept]
+        assert (res.heldout_top_values[f, k:] == -math.inf).all() and (res.heldout_top_seq[f, k:] == -1).all()
+        for band in range(cfg.n_bands):
+            later = _tokens_of(wide.band_seq[f, band, 2:], wide.band_start[f, band, 2:], wide.band_pos[f, band, 2:])
+            got = _tokens_of(res.heldout_band_seq[f, band], res.heldout_band_start[f, band],
+                             res.heldout_band_pos[f, band])  # fmt: skip
+            assert got == later - shown - held_top
+            n_held += len(got)
+            valid = res.heldout_band_seq[f, band] >= 0
+            assert valid.tolist() == sorted(valid.tolist(), reverse=True)  # empty slots last
+            for j in valid.nonzero().squeeze(1).tolist():
+                seq, pos = (
+                    int(res.heldout_band_seq[f, band, j]),
+                    int(res.heldout_band_start[f, band, j] + res.heldout_band_pos[f, band, j]),
+                )
+                assert res.heldout_band_values[f, band, j] == A[seq, pos, f]
+                start, toks, vals = window(A, stream.tokens, seq, pos, f, cfg.window)
+                assert res.heldout_band_start[f, band, j] == start
+                assert res.heldout_band_window_tokens[f, band, j].tolist() == toks
+                assert res.heldout_band_window_values[f, band, j].tolist() == vals
+    assert n_held > 20 and n_dropped > 0  # some held-out top examples were shown band samples, and were dropped
+
+
+def test_context_reservoir_is_the_bottom_keys_with_the_features_firing_in_each_window() -> None:
+    stream = make_stream(seed=8)
+    cfg = StatsConfig(window=6, contexts=5)
+    stats = FeatureStats(stream.batches[0][0].shape[2], cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 0x5EED)  # the reservoir's own generator (see FeatureStats)
+    drawn: list[tuple[int, int, int]] = []  # (key, seq, start)
+    seq0 = 0
+    for batch in stream.batches:
+        stats.update(*batch)
+        B, S = batch[1].shape
+        keys = torch.randint(0, 1 << KEY_BITS, (B,), generator=gen)
+        starts = torch.randint(0, S - cfg.window + 1, (B,), generator=gen)
+        for b in range(B):
+            if not batch[3][b, starts[b] : starts[b] + cfg.window].all():  # a window of special tokens never enters
+                drawn.append((int(keys[b]), seq0 + b, int(starts[b])))
+        seq0 += B
+    res = stats.result()
+    expected = sorted(drawn)[: cfg.contexts]
+    assert res.context_seq.tolist() == [s for _, s, _ in expected]
+    assert res.context_start.tolist() == [st for _, _, st in expected]
+    A, tokens, docs = stream.acts, stream.tokens, stream.docs
+    for j, (_, seq, start) in enumerate(expected):
+        assert res.context_tokens[j].tolist() == tokens[seq, start : start + cfg.window].tolist()
+        assert torch.equal(res.context_fired[j], (A[seq, start : start + cfg.window] > 0).any(0))
+        assert res.context_doc[j] == docs[seq, start + cfg.window // 2]
+    assert 0 < int(res.context_fired.sum()) < res.context_fired.numel()  # some features fire in a window, some not
+
+
+def test_context_reservoir_pads_short_sequences_and_fills_with_fewer_sequences() -> None:
+    F, W = 3, 8
+    stats = FeatureStats(F, StatsConfig(window=W, contexts=4))
+    acts = torch.zeros(2, 5, F)
+    acts[0, 1, 2] = 1.0
+    special = torch.zeros(2, 5, dtype=torch.bool)
+    special[1] = True  # a sequence of special tokens only (padding) gives no window
+    stats.update(acts, torch.arange(10).view(2, 5), torch.zeros(2, 5, dtype=torch.long), special)
+    res = stats.result()
+    assert res.context_seq.tolist() == [0, -1, -1, -1]
+    assert res.context_start.tolist() == [0, 0, 0, 0]
+    assert res.context_tokens[0].tolist() == [0, 1, 2, 3, 4, -1, -1, -1] and (res.context_tokens[1:] == -1).all()
+    assert res.context_fired.tolist() == [[False, False, True]] + [[False] * F] * 3
+
+
+def test_heldout_config_validation() -> None:
+    for name in ("heldout_top", "heldout_band", "contexts"):
+        with pytest.raises(ValueError, match=name):
+            StatsConfig(**{name: -1})
