@@ -9,7 +9,8 @@ Tokenisation follows training exactly (`trainer.data.text`): the text is tokenis
 tokens and with special-token strings split into ordinary tokens (a literal "<bos>" in user text
 is text, as it was in the training corpus), then BOS is prepended once if the SAE was trained with
 it. Activations are read with `trainer.lm.sites.harvest`, which stops the forward pass after the
-SAE's layer. Errors are those of app.encoding.types.
+SAE's layer; `encode_multi` reads the sites of several SAEs of one model in one forward pass
+(`harvest_many`), stopped after the deepest of them. Errors are those of app.encoding.types.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -33,10 +35,12 @@ from trainer.formats.files import SAEFormatError
 from trainer.formats.native import load_native
 from trainer.lm.errors import ModelError
 from trainer.lm.models import LoadedModel, load_model, special_token_ids
-from trainer.lm.sites import SiteError, check_site, harvest, site_width
+from trainer.lm.sites import SiteError, check_site, harvest, harvest_many, site_width
 from trainer.saes.base import SAE
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 DEFAULT_MAX_VALUES = 500_000
 """Values one request's encodings may hold by default (Settings.encode_max_values)."""
@@ -75,6 +79,28 @@ def _check_request(texts: list[str], top_k: int | None, features: list[int] | No
         not isinstance(features, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in features)
     ):
         raise EncodeError("features must be a list of integer feature indices")
+
+
+def _check_multi(targets: list[SAETarget]) -> None:
+    """Several SAEs can share one forward pass only if they read the same model from the same tokens."""
+    if not targets:
+        raise EncodeError("no SAE given: name at least one")
+    names = [t.name for t in targets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise EncodeError(f"SAE {repeated[0]!r} is named twice: name each SAE once")
+    first = targets[0]
+    for t in targets[1:]:
+        if t.model != first.model:
+            raise EncodeError(
+                f"SAEs {first.name!r} and {t.name!r} read different models ({redact_paths(first.model)} and "
+                f"{redact_paths(t.model)}): compare SAEs of one model"
+            )
+        if t.prepend_bos != first.prepend_bos:
+            raise EncodeError(
+                f"SAEs {first.name!r} and {t.name!r} differ in whether a BOS token starts the text, so they cannot "
+                "share one forward pass: compare them one at a time"
+            )
 
 
 def _active_lists(f: Tensor, top_k: int | None) -> list[list[tuple[int, float]]]:
@@ -202,6 +228,31 @@ class LocalEncoder:
 
         return await self._batcher.submit(target, job, run)
 
+    async def encode_multi(
+        self, targets: list[SAETarget], text: str, *, top_k: int | None = None, include_bos: bool = True
+    ) -> list[TextEncoding]:
+        """Encode one text with several SAEs of one model: one TextEncoding per target, in order.
+
+        ONE forward pass serves them all, stopped right after the deepest hooked layer
+        (trainer.lm.sites.harvest_many); it is not batched with other requests. The targets must
+        share the model and the BOS rule (EncodeError otherwise); the reply cap (max_values) holds
+        for all of them together. Comparing more SAEs than `max_loaded` works, but reloads SAEs.
+        """
+        _check_request([text], top_k, None, self.max_batch_texts)
+        _check_multi(targets)
+        entries: list[_Entry] = []
+        for t in targets:
+            entry = self._peek(t)
+            entries.append(entry if entry is not None else await asyncio.to_thread(self._get, t))
+        job = await asyncio.to_thread(self._prepare_multi, entries, targets, text, top_k, include_bos)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._run_multi, entries, targets, job)
+        except RuntimeError as err:
+            if isinstance(err, EncoderUnavailable):
+                raise
+            raise EncoderUnavailable(f"the encoder is shut down: {err}") from err  # executor closed
+
     def encode_sync(
         self,
         target: SAETarget,
@@ -216,6 +267,39 @@ class LocalEncoder:
         entry = self._get(target)
         job = self._prepare(entry, target, texts, top_k, features, include_bos)
         return _result(self._run_jobs(entry, target, [job])[0])
+
+    async def run_loaded(self, target: SAETarget, work: Callable[[LoadedModel, SAE], R]) -> R:
+        """work(model, sae) on the target's loaded pair, in the encoder's worker thread under its forward lock:
+        the model cache and thread of encoding, for other model work (steering and ablation, app.steering).
+
+        work raises EncodeError for bad input; any other failure becomes EncoderUnavailable (503).
+        """
+        entry = self._peek(target)
+        if entry is None:
+            entry = await asyncio.to_thread(self._get, target)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._run_work, entry, target, work)
+        except RuntimeError as err:
+            if isinstance(err, EncoderUnavailable):
+                raise
+            raise EncoderUnavailable(f"the encoder is shut down: {err}") from err  # executor closed
+
+    def run_loaded_sync(self, target: SAETarget, work: Callable[[LoadedModel, SAE], R]) -> R:
+        """`run_loaded` for scripts and tests: the same code path, run in the calling thread."""
+        return self._run_work(self._get(target), target, work)
+
+    def _run_work(self, entry: _Entry, target: SAETarget, work: Callable[[LoadedModel, SAE], R]) -> R:
+        try:
+            with self._forward_lock, torch.inference_mode():
+                return work(entry.model, entry.sae)
+        except (EncodeError, EncoderUnavailable):
+            raise
+        except Exception as err:  # out of memory, a model that fails on this input, ...: 503, never a 500
+            log.exception("encoder: model work with SAE %s failed", target.name)
+            raise EncoderUnavailable(
+                f"running SAE {target.name!r} failed: {type(err).__name__}: {redact_paths(str(err))}"
+            ) from err
 
     async def health(self) -> str:
         """'ok': a local encoder is always there (loading errors are per SAE)."""
@@ -392,6 +476,44 @@ class LocalEncoder:
             )
         return EncodeJob(ids_list, target.prepend_bos, top_k, None if features is None else list(features), include_bos,
                          max_values=self.max_values)  # fmt: skip
+
+    def _prepare_multi(
+        self, entries: list[_Entry], targets: list[SAETarget], text: str, top_k: int | None, include_bos: bool
+    ) -> EncodeJob:
+        """One job for all targets (they tokenise alike: same model, same BOS rule): top_k fits every SAE."""
+        narrowest = min(entries, key=lambda e: e.d_sae)
+        if top_k is not None and not 1 <= top_k <= narrowest.d_sae:
+            raise EncodeError(f"top_k must be between 1 and {narrowest.d_sae} (the narrowest SAE's width), got {top_k}")
+        return self._prepare(entries[0], targets[0], [text], top_k, None, include_bos)
+
+    def _run_multi(self, entries: list[_Entry], targets: list[SAETarget], job: EncodeJob) -> list[TextEncoding]:
+        """One forward pass for every target's site, then each SAE on its own activations (worker thread)."""
+        try:
+            ids = job.ids[0]
+            model = entries[0].model
+            input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, T)
+            out: list[TextEncoding] = []
+            with self._forward_lock, torch.inference_mode():
+                xs = harvest_many(model.model, input_ids, None, [(t.layer, t.site) for t in targets])  # (1, T, d_in)
+                for entry, x in zip(entries, xs, strict=True):
+                    enc = self._encoding(entry, job, ids, x[0])
+                    if enc is None:  # over the reply cap, counted over all the SAEs
+                        break
+                    out.append(enc)
+                with self._guard:
+                    self.batches_run += 1
+                    self.texts_run += 1
+        except (EncodeError, EncoderUnavailable):
+            raise
+        except Exception as err:  # out of memory, a model that fails on this input, ...: 503, never a 500
+            names = ", ".join(t.name for t in targets)
+            log.exception("encoder: encoding with SAEs %s failed", names)
+            raise EncoderUnavailable(
+                f"encoding with SAEs {names} failed: {type(err).__name__}: {redact_paths(str(err))}"
+            ) from err
+        if job.error is not None:
+            raise job.error
+        return out
 
     # -- batching (app.encoding.batcher) and the worker thread -------------------------------
     async def _in_worker(

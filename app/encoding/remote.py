@@ -65,9 +65,6 @@ class RemoteEncoder:
         """POST {base_url}/v1/encode: the SAE's name plus texts, top_k, features, include_bos.
 
         Only the name travels: the worker takes weights, model, layer and site from its own store."""
-        import httpx
-
-        url = f"{self.base_url}/v1/encode"
         body = {
             "sae": target.name,
             "texts": texts,
@@ -75,6 +72,25 @@ class RemoteEncoder:
             "features": features,
             "include_bos": include_bos,
         }
+        return await self._post("/v1/encode", body, f"no SAE named {target.name!r}")
+
+    async def encode_multi(
+        self, targets: list[SAETarget], text: str, *, top_k: int | None = None, include_bos: bool = True
+    ) -> list[TextEncoding]:
+        """POST {base_url}/v1/encode/multi: the SAEs' names plus the text, top_k, include_bos.
+
+        The worker runs one forward pass for all of them (LocalEncoder.encode_multi)."""
+        body = {"saes": [t.name for t in targets], "text": text, "top_k": top_k, "include_bos": include_bos}
+        names = ", ".join(repr(t.name) for t in targets)
+        return await self._post("/v1/encode/multi", body, f"one of the SAEs {names}")
+
+    async def _post(self, path: str, body: dict[str, Any], unknown: str) -> list[TextEncoding]:
+        """POST body to the worker; its `results` as TextEncodings, or the errors of the class docstring.
+
+        `unknown` names what a 404 means the worker's store lacks."""
+        import httpx
+
+        url = f"{self.base_url}{path}"
         try:
             reply = await self._http().post(url, json=body)
         except httpx.HTTPError as err:
@@ -91,12 +107,12 @@ class RemoteEncoder:
             )
         if reply.status_code == 404:
             raise EncoderUnavailable(
-                f"encoder worker at {self.base_url} has no SAE named {target.name!r}: the web server and the worker "
+                f"encoder worker at {self.base_url} has {unknown}: the web server and the worker "
                 "must use the same database (DATABASE_URL)"
             )
         if reply.status_code != 200:
             raise EncoderUnavailable(
-                f"encoder worker at {self.base_url} answered {reply.status_code} to POST /v1/encode: {_detail(reply)}"
+                f"encoder worker at {self.base_url} answered {reply.status_code} to POST {path}: {_detail(reply)}"
             )
         try:
             results = (await asyncio.to_thread(reply.json))["results"]  # megabytes of JSON: off the event loop
@@ -123,6 +139,39 @@ class RemoteEncoder:
         except (httpx.HTTPError, ValueError, AttributeError):
             return "unavailable"
         return "ok" if ok else "unavailable"
+
+    async def post_json(self, path: str, body: dict[str, Any], *, sae: str) -> Any:
+        """POST body to {base_url}{path} (another worker endpoint of SAE `sae`, e.g. steering): the reply's JSON,
+        or the errors of the class docstring (422 -> EncodeError, anything else but 200 -> EncoderUnavailable)."""
+        import httpx
+
+        try:
+            reply = await self._http().post(f"{self.base_url}{path}", json=body)
+        except httpx.HTTPError as err:
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} is unreachable: {type(err).__name__}: {err}"
+            ) from err
+        if reply.status_code == 422:
+            raise EncodeError(_detail(reply))
+        if reply.status_code in (401, 403):
+            why = "this server sends no token" if not self._headers else "this server's token is not the worker's"
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} refused this server ({reply.status_code}): {why}; set the same "
+                "JUMPSCOPE_WORKER_TOKEN for `jumpscope serve` and `jumpscope worker`"
+            )
+        if reply.status_code == 404:
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} has no SAE named {sae!r} or no POST {path} (an older worker): "
+                "the web server and the worker must use the same database (DATABASE_URL) and version"
+            )
+        if reply.status_code != 200:
+            raise EncoderUnavailable(
+                f"encoder worker at {self.base_url} answered {reply.status_code} to POST {path}: {_detail(reply)}"
+            )
+        try:
+            return await asyncio.to_thread(reply.json)
+        except ValueError as err:
+            raise EncoderUnavailable(f"encoder worker at {self.base_url} sent a malformed reply: {err}") from err
 
 
 def _detail(reply: Any) -> str:

@@ -13,6 +13,9 @@ MAX_TEXTS = 16
 
 MAX_TEXT_CHARS = 20_000
 
+MAX_MULTI_SAES = 8
+"""SAEs one text may be encoded with in one request (one forward pass for all of them)."""
+
 
 class _EncodeOptions(StrictBody):
     model_config = ConfigDict(extra="forbid")
@@ -61,3 +64,28 @@ class EncodeOut(BaseModel):
 
 class EncodeBatchOut(BaseModel):
     results: list[EncodeOut]
+
+
+class EncodeMulti(StrictBody):
+    """One text and several SAEs of one model: one forward pass serves them all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    saes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=MAX_MULTI_SAES, description="Names of SAEs of one model (each once)."
+    )
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    top_k: int | None = Field(None, ge=1, description="Keep the k strongest features per token (at most d_sae).")
+    include_bos: bool = True
+
+
+class SAEActivations(BaseModel):
+    sae: str
+    activations: list[list[FeatureActivation]] = Field(description="Per token: active features, highest first.")
+
+
+class EncodeMultiOut(BaseModel):
+    tokens: list[str]
+    token_ids: list[int]
+    special: list[bool]
+    results: list[SAEActivations] = Field(description="One per SAE, in the order asked.")

@@ -1,5 +1,5 @@
-"""One encode request's work, shared by the REST API and the no-JS page: look up the SAE, take a
-turn at the process's gate (app.encoding.gate), then encode.
+"""One encode request's work (one SAE, or one text and several SAEs of a model), shared by the REST API
+and the pages: look up the SAE, take a turn at the process's gate (app.encoding.gate), then encode.
 
 Nothing here runs on the event loop for long: the SAE lookup is a database query in a thread
 (cached a few seconds), and the encoder tokenises and runs the model in its own threads.
@@ -32,3 +32,17 @@ async def encode_texts(
     encoder: Encoder = request.app.state.encoder
     async with gate.turn():
         return await encoder.encode(target, texts, top_k=top_k, features=features, include_bos=include_bos)
+
+
+async def encode_multi(
+    request: Request, saes: list[str], text: str, *, top_k: int | None, include_bos: bool
+) -> list[TextEncoding]:
+    """Encode one text with several SAEs of one model in one forward pass (NotFound, EncodeError, ...)."""
+    targets = []
+    for sae in saes:
+        target = cached_target(request, sae)
+        targets.append(target if target is not None else await run_in_threadpool(encode_target, request, sae))
+    gate: EncodeGate = request.app.state.encode_gate
+    encoder: Encoder = request.app.state.encoder
+    async with gate.turn():
+        return await encoder.encode_multi(targets, text, top_k=top_k, include_bos=include_bos)

@@ -73,6 +73,12 @@ class Encoder(Protocol):
         """Encode each text with the target SAE: one TextEncoding per text, in order."""
         ...
 
+    async def encode_multi(
+        self, targets: list[SAETarget], text: str, *, top_k: int | None = None, include_bos: bool = True
+    ) -> list[TextEncoding]:
+        """Encode one text with several SAEs of one model, in one forward pass: one TextEncoding per target."""
+        ...
+
     async def health(self) -> str:
         """'ok' when it can serve, else 'unavailable'."""
         ...

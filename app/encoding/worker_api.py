@@ -3,6 +3,8 @@
     POST /v1/encode   {"sae": NAME, "texts": [...], "top_k", "features", "include_bos"}
                       -> {"results": [TextEncoding, ...]}; 404 {"detail": msg} for a name the worker's
                       store does not hold, 422 on bad input, 503 when the SAE or its model cannot be loaded
+    POST /v1/encode/multi  {"saes": [NAME, ...], "text", "top_k", "include_bos"} -> {"results": [one per SAE]}:
+                      one forward pass for several SAEs of one model; the same errors
     GET  /healthz     -> {"status": "ok"} (open: it says nothing but that the worker is up)
 
 `app.encoding.remote.RemoteEncoder` is the client.
@@ -41,7 +43,7 @@ from app.core.body_limit import BodyLimit
 from app.core.errors import validation_message
 from app.core.redact import redact_paths
 from app.core.schemas import StrictBody
-from app.encoding.schemas import MAX_TEXT_CHARS, MAX_TEXTS
+from app.encoding.schemas import MAX_MULTI_SAES, MAX_TEXT_CHARS, MAX_TEXTS
 from app.encoding.types import EncodeError, EncoderUnavailable, SAETarget, TextEncoding
 
 if TYPE_CHECKING:
@@ -70,6 +72,19 @@ class EncodeRequest(StrictBody):
     features: list[Annotated[int, Field(ge=0)]] | None = Field(
         default=None, max_length=MAX_DENSE_FEATURES, description="feature indices to return densely"
     )
+    include_bos: bool = True
+
+
+class MultiRequest(StrictBody):
+    """Several registered SAEs of one model and one text: one forward pass for all (LocalEncoder.encode_multi)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    saes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=MAX_MULTI_SAES, description="the SAEs' registered names (slugs)"
+    )
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    top_k: int | None = Field(default=None, ge=1, description="keep at most this many active features per token")
     include_bos: bool = True
 
 
@@ -168,6 +183,15 @@ def _check_token(expected: bytes, authorization: str | None) -> Response | None:
     return None
 
 
+async def _reply(results: list[TextEncoding]) -> Response:
+    """The EncodeResponse of results, built and written off the event loop (replies can be large)."""
+
+    def build() -> bytes:
+        return EncodeResponse(results=[TextEncodingOut.of(enc) for enc in results]).model_dump_json().encode()
+
+    return Response(await asyncio.to_thread(build), media_type="application/json")
+
+
 def create_worker_app(
     encoder: LocalEncoder,
     targets: TargetLookup,
@@ -240,10 +264,30 @@ def create_worker_app(
         except EncoderUnavailable as err:
             raise HTTPException(status_code=503, detail=redact_paths(str(err))) from err
 
-        def reply() -> bytes:  # large replies are built and written off the event loop
-            return EncodeResponse(results=[TextEncodingOut.of(enc) for enc in results]).model_dump_json().encode()
+        return await _reply(results)
 
-        return Response(await asyncio.to_thread(reply), media_type="application/json")
+    @app.post(
+        "/v1/encode/multi",
+        response_model=EncodeResponse,
+        responses={
+            401: {"description": "no worker token"},
+            403: {"description": "wrong worker token"},
+            404: {"description": "no SAE of one of those names"},
+            422: {"description": "bad input (SAEs of different models included)"},
+            503: {"description": "an SAE or the model not loadable"},
+        },
+    )
+    async def encode_multi(request: MultiRequest) -> Response:
+        try:
+            found = [await asyncio.to_thread(resolve, name) for name in request.saes]
+            results = await encoder.encode_multi(
+                found, request.text, top_k=request.top_k, include_bos=request.include_bos
+            )
+        except EncodeError as err:
+            raise HTTPException(status_code=422, detail=redact_paths(str(err))) from err
+        except EncoderUnavailable as err:
+            raise HTTPException(status_code=503, detail=redact_paths(str(err))) from err
+        return await _reply(results)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
