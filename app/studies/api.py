@@ -35,6 +35,8 @@ STUDY_NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {**NOT_FOUND[404], "description": "No rating carries this study name"}
 }
 ROWS = {"description": "One row per rating, unblinded", "content": {"text/csv": {}, "application/json": {}}}
+RESULTS = {"description": "The results; with format=csv or json the ratings, one row each",
+           "content": {"text/csv": {}}}  # fmt: skip
 
 
 def _unknown(study: str) -> NotFound:
@@ -90,7 +92,7 @@ def study_csv(study: str, session: SessionDep, format: FormatQuery = None) -> Re
 
 @router.get(
     "/{study:path}.json", response_model=None, response_class=Response,
-    responses={**STUDY_NOT_FOUND, 200: {**ROWS, "model": list[StudyRatingOut]}},
+    responses={**STUDY_NOT_FOUND, 200: {**ROWS, "model": list[StudyRatingOut] | StudyOut}},
     summary="A study's ratings as JSON, one row per rating (a download)",
 )  # fmt: skip
 def study_json(study: str, session: SessionDep, format: FormatQuery = None) -> Response:
@@ -98,7 +100,8 @@ def study_json(study: str, session: SessionDep, format: FormatQuery = None) -> R
 
 
 @router.get(
-    "/{study:path}", response_model=StudyOut, responses={**STUDY_NOT_FOUND, 200: {"content": {"text/csv": {}}}},
+    "/{study:path}", response_model=None,
+    responses={**STUDY_NOT_FOUND, 200: {"model": StudyOut | list[StudyRatingOut], **RESULTS}},
     summary="A study's results: yes / maybe / no per SAE and architecture with 95% Wilson intervals, agreement",
 )  # fmt: skip
 def get_study(study: str, session: SessionDep, format: FormatQuery = None) -> StudyOut | Response:

@@ -65,7 +65,7 @@ ROW_COLUMNS = (
 
 def rating_rows(session: Session, study: str) -> list[RatingRow]:
     """Every rating of `study`, by SAE name, feature index and rater; [] for an unknown study (or '')."""
-    if not study:
+    if not study or "\x00" in study:  # no rating carries NUL (Postgres text cannot hold it)
         return []
     query = (
         select(*ROW_COLUMNS)
@@ -78,7 +78,9 @@ def rating_rows(session: Session, study: str) -> list[RatingRow]:
 
 def study_exists(session: Session, study: str) -> bool:
     """Whether some rating carries the study name `study` ('' never names a study)."""
-    return bool(study) and session.scalar(select(Rating.id).where(Rating.study_id == study).limit(1)) is not None
+    if not study or "\x00" in study:
+        return False
+    return session.scalar(select(Rating.id).where(Rating.study_id == study).limit(1)) is not None
 
 
 def list_studies(session: Session) -> list[StudyCounts]:

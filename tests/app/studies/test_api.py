@@ -118,7 +118,8 @@ def test_csv_and_json_downloads_parse_back(client: TestClient) -> None:
 
 def test_unknown_study_is_404_and_bad_format_422(client: TestClient) -> None:
     for url in ["/api/v1/studies/nope", "/api/v1/studies/nope.csv", "/api/v1/studies/nope.json",
-                "/api/v1/studies/nope?format=csv", "/api/v1/studies/"]:  # fmt: skip
+                "/api/v1/studies/nope?format=csv", "/api/v1/studies/", "/api/v1/studies/a%00b",
+                "/api/v1/studies/a%00b.csv"]:  # fmt: skip
         reply = client.get(url)
         assert reply.status_code == 404, url
         assert "no rating carries the study name" in reply.json()["detail"]

@@ -72,3 +72,4 @@ def test_undefined_agreement_says_why(client: TestClient) -> None:
 def test_unknown_study_is_a_404_page(client: TestClient) -> None:
     page = client.get("/studies/nope", headers={"accept": "text/html"})
     assert page.status_code == 404 and "No such study" in page.text and "&#39;nope&#39;" in page.text
+    assert client.get("/studies/a%00b", headers={"accept": "text/html"}).status_code == 404
