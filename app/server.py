@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     from app.studies import results_pages as studies_results_pages
     from app.sweeps import api as sweeps_api
     from app.sweeps import pages as sweeps_pages
+    from app.textview import pages as textview_pages
     from app.web import rendering
 
     settings = settings or Settings()
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     for module in (catalog_pages, features_pages, ratings_pages, studies_pages, jobs_pages, sweeps_pages):
         app.include_router(module.router)
     app.include_router(studies_results_pages.router)
+    app.include_router(textview_pages.router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before any route reads
     return app
 

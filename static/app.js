@@ -77,6 +77,9 @@
     });
   }
 
+  // What the page scripts of single pages (textview.js, ...) share with this file.
+  window.jumpscope = { colour: colour, fmt: fmt, display: display, readJSON: readJSON, DARK_FROM: DARK_FROM };
+
   // Short / full context switch, without a reload.
   var examples = document.getElementById("examples");
   var switches = document.querySelectorAll("[data-context]");

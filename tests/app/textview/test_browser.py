@@ -1,0 +1,150 @@
+"""The text -> features page in headless Chromium (Debian's /usr/bin/chromium through playwright)
+against real uvicorn (`jumpscope serve`): type a text, see its features, hover and focus tokens,
+colour the text by a feature without a reload, click through to a dashboard, compare SAEs side by
+side, and the same page without JavaScript."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.app.conftest import SENTENCE, jumpscope_serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
+if not CHROMIUM.exists():
+    pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver", allow_module_level=True)
+
+TIMEOUT_MS = 60_000
+TRANSPARENT = ("rgba(0, 0, 0, 0)", "transparent")
+LABEL = "Text to run through the model and the SAE"
+
+
+@pytest.fixture(scope="module")
+def server(text_store: Any) -> Iterator[str]:
+    url, _, _, folder = text_store
+    with jumpscope_serve(url, folder) as served:
+        yield served.base
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh context and page; a JS error fails the test."""
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    context.close()
+    assert not errors, errors
+
+
+def coloured(page: Any) -> list[int]:
+    colours = page.eval_on_selector_all("#text-tokens .t", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+    return [i for i, c in enumerate(colours) if c not in TRANSPARENT]
+
+
+@pytest.mark.slow
+def test_type_text_see_features_hover_focus_highlight_and_click_through(server: str, page: Any) -> None:
+    page.goto(f"{server}/saes/tiny/text")
+    page.get_by_label(LABEL).fill(SENTENCE)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Show features").click()
+    tokens = page.locator("#text-tokens .t")
+    assert tokens.first.text_content() == "<bos>"  # text, not markup
+    assert "tokens;" in (page.locator("#text-status").text_content() or "")
+    assert page.locator("table.summary tbody tr").count() > 0
+    assert coloured(page) == []
+
+    # hovering a token lists its features in the panel
+    tokens.nth(3).hover()
+    panel = page.locator("#token-panel")
+    assert (panel.locator("h2").text_content() or "").startswith("Token 3:")
+    hovered = panel.locator("ol.feats li a").all_text_contents()
+    assert hovered and all(t.startswith("#") for t in hovered)
+
+    # focus moves with the arrow keys, and the panel follows
+    tokens.nth(1).focus()
+    assert (panel.locator("h2").text_content() or "").startswith("Token 1:")
+    page.keyboard.press("ArrowRight")
+    assert (panel.locator("h2").text_content() or "").startswith("Token 2:")
+    assert tokens.nth(2).get_attribute("tabindex") == "0" and tokens.nth(1).get_attribute("tabindex") == "-1"
+
+    # a summary feature colours the text without a reload (an unsent edit of the text survives)
+    page.get_by_label(LABEL).fill("an edit that was not sent")
+    first = page.locator("table.summary tbody tr").first
+    feature = (first.locator("a").text_content() or "").lstrip("#")
+    first.get_by_role("button").click()
+    assert coloured(page), "no token is coloured by the chosen feature"
+    assert page.locator("#text-tokens .t.max").count() == 1
+    assert first.get_by_role("button").get_attribute("aria-pressed") == "true"
+    assert f"hl=tiny%3A{feature}" in page.url
+    assert page.get_by_label(LABEL).input_value() == "an edit that was not sent"
+    assert f"feature #{feature} of tiny" in (page.locator("#tokens-legend").text_content() or "")
+    shared = page.url  # the URL reproduces the view
+    first.get_by_role("button").click()  # a second press clears the colours
+    assert coloured(page) == [] and "hl=" not in page.url
+
+    # a feature in the token panel links to its dashboard
+    tokens.nth(3).hover()
+    link = panel.locator("ol.feats li a").first
+    index = (link.text_content() or "").lstrip("#")
+    with page.expect_navigation():
+        link.click()
+    assert page.url.endswith(f"/saes/tiny/features/{index}")
+    assert page.title().startswith(f"tiny · feature {index}")
+
+    page.goto(shared)
+    assert coloured(page) and page.locator("#text-tokens .t.max").count() == 1
+
+
+@pytest.mark.slow
+def test_saes_side_by_side(server: str, page: Any) -> None:
+    page.goto(f"{server}/saes/tiny/text")
+    page.get_by_label(LABEL).fill(SENTENCE)
+    page.get_by_label("tiny-l0").check()
+    page.get_by_label("tiny-attn").check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Show features").click()
+    assert "compare=tiny-l0" in page.url and "compare=tiny-attn" in page.url
+    assert page.locator("#text-tokens .t").count() > 3
+    assert page.locator("table.summary").count() == 3
+    page.locator("#text-tokens .t").nth(4).hover()
+    assert page.locator("#token-panel h3").all_text_contents() == ["tiny", "tiny-l0", "tiny-attn"]
+    page.get_by_role("button", name="Highlight feature", exact=False).nth(0).click()
+    assert coloured(page)
+
+
+@pytest.mark.slow
+def test_without_javascript_a_pressed_token_shows_its_features(server: str, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(f"{server}/saes/tiny/text")
+        page.get_by_label(LABEL).fill(SENTENCE)
+        with page.expect_navigation():
+            page.get_by_role("button", name="Show features").click()
+        assert page.locator("table.summary tbody tr").count() > 0
+        with page.expect_navigation():
+            page.locator("#text-tokens .t").nth(5).click()
+        assert "pos=5" in page.url
+        assert (page.locator("#token-panel h2").text_content() or "").startswith("Token 5:")
+        with page.expect_navigation():
+            page.locator("table.summary tbody tr").first.get_by_role("button").click()
+        assert "hl=tiny%3A" in page.url and coloured(page)
+    finally:
+        context.close()
