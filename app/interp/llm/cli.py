@@ -28,10 +28,15 @@ def llm_serve(
     require_key: Annotated[
         bool, typer.Option(help="Answer only requests carrying JUMPSCOPE_LLM_API_KEY as a Bearer token.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="torch CPU threads (default: one per core); 1 is much faster on a busy CPU."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a chat model over an OpenAI-compatible API (/v1/chat/completions, /v1/models), so that several
     `jumpscope explain --llm http://HOST:PORT/v1 --llm-model ID` processes share one loaded model."""
+    import torch
     import uvicorn
 
     from app.interp.llm.local_hf import LocalChat
@@ -43,6 +48,8 @@ def llm_serve(
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else ""
         if not key.strip():
             raise fail("--require-key needs JUMPSCOPE_LLM_API_KEY set to a long random string")
+    if threads is not None:  # this process serves one model: its thread count is ours to set
+        torch.set_num_threads(threads)
     try:
         chat = LocalChat(model, device=device or settings.device, gguf_file=gguf_file)
     except ValueError as err:  # ModelError: cannot load, no chat template, bad device

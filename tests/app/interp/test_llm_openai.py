@@ -39,7 +39,7 @@ def served(chat_dir: Path) -> Iterator[str]:
     env = {**os.environ, "JUMPSCOPE_LLM_API_KEY": KEY, "JUMPSCOPE_DEVICE": "cpu"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "llm-serve", "--model", str(chat_dir), "--port", str(port), "--require-key",
-         "--max-tokens-cap", "64", "--max-prompt-chars", "2000", "--log-level", "warning"],
+         "--max-tokens-cap", "64", "--max-prompt-chars", "2000", "--threads", "1", "--log-level", "warning"],
         env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
