@@ -4,7 +4,8 @@ Prints, each measured in one run:
   1. throughput: the same packed batches of the packaged corpus through Gemma 3 270M (layer 9
      resid) and an SAE, bare (model forward + SAE encode) and with the indexer's statistics
      (FeatureStats.update) on top; the overhead of the statistics as a ratio (goal <= 25%).
-  2. store: a fully indexed 16,384-feature SAE (20 top + 25 band examples of 64 tokens each)
+  2. store: a fully indexed 16,384-feature SAE (20 top + 25 band examples of 64 tokens each, and the
+     10 + 10 held-out ones and 128 context windows that score explanations)
      written through the indexer's own write path, then read back (all rows, and one feature's
      dashboard data p50/p95), on SQLite and on Postgres (--postgres URL or TEST_DATABASE_URL).
   3. memory: peak RSS of a 65,536-wide index pass state plus its logit lens and similar-feature
@@ -106,8 +107,23 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"  state: {stats.nbytes() / 2**20:.0f} MiB for {sae.cfg.d_sae} features")
 
 
+def held_out(width: int, g: torch.Generator, prefix: str, slots: tuple[int, ...], w: int) -> dict[str, torch.Tensor]:
+    """Random held-out example tensors of shape (width, *slots[, w]) named prefix + field."""
+    shape = (width, *slots)
+    return {
+        f"{prefix}values": torch.rand(*shape, generator=g),
+        f"{prefix}seq": torch.randint(0, 10_000, shape, generator=g),
+        f"{prefix}doc": torch.randint(0, 1000, shape, generator=g),
+        f"{prefix}start": torch.zeros(*shape, dtype=torch.int32),
+        f"{prefix}pos": torch.full(shape, 32, dtype=torch.int32),
+        f"{prefix}window_tokens": torch.randint(0, 262_144, (*shape, w), generator=g, dtype=torch.int32),
+        f"{prefix}window_values": torch.rand(*shape, w, generator=g),
+    }
+
+
 def synthetic_result(width: int, seed: int = 0) -> Any:
-    """An IndexPassResult-like object for `width` features: 20 top and 5x5 band examples of 64 tokens each."""
+    """An IndexPassResult-like object for `width` features: 20 top and 5x5 band examples of 64 tokens each, 10 + 5x2
+    held-out ones and 128 context windows (each with ~2% of the features firing)."""
     from trainer.analysis.index_pass import IndexPassResult
 
     g = torch.Generator().manual_seed(seed)
@@ -137,6 +153,13 @@ def synthetic_result(width: int, seed: int = 0) -> Any:
         band_pos=torch.full((width, nb, r), 32, dtype=torch.int32),
         band_window_tokens=torch.randint(0, 262_144, (width, nb, r, w), generator=g, dtype=torch.int32),
         band_window_values=torch.rand(width, nb, r, w, generator=g),
+        **held_out(width, g, "heldout_top_", (10,), w),
+        **held_out(width, g, "heldout_band_", (nb, 2), w),
+        context_seq=torch.arange(128),
+        context_doc=torch.randint(0, 1000, (128,), generator=g),
+        context_start=torch.zeros(128, dtype=torch.int32),
+        context_tokens=torch.randint(0, 262_144, (128, w), generator=g, dtype=torch.int32),
+        context_fired=torch.rand(128, width, generator=g) < 0.02,
     )
     ids = torch.randint(0, 262_144, (width, 10), generator=g)
     vals = torch.rand(width, 10, generator=g)
@@ -158,7 +181,8 @@ def store(args: argparse.Namespace) -> None:
     pg = args.postgres or os.environ.get("TEST_DATABASE_URL")
     if pg:
         targets.append(("postgres", pg))
-    print(f"store: {args.width} features x 45 examples x 64 tokens, written through app.features.indexer.write_rows")
+    print(f"store: {args.width} features x 65 examples (45 shown, 20 held out) x 64 tokens and 128 context windows, "
+          "written through app.features.indexer.write_rows")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for kind, base in targets:
             schema = None

@@ -49,7 +49,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 # type checks, the tuples the CHECK constraints below.
 RatingLabel = Literal["yes", "maybe", "no"]
 RATING_LABELS: tuple[str, ...] = get_args(RatingLabel)
-JobKind = Literal["train", "index"]
+JobKind = Literal["train", "index", "explain"]
 JOB_KINDS: tuple[str, ...] = get_args(JobKind)
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
@@ -57,6 +57,17 @@ ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 """A job in one of these may still change (a page showing it refreshes)."""
 IndexStatus = Literal["building", "complete", "failed"]
 INDEX_STATUSES: tuple[str, ...] = get_args(IndexStatus)
+ExampleSplit = Literal["shown", "heldout"]
+"""Which examples the pages show ("shown") and which only score explanations ("heldout": never shown to a
+person or to the explaining LLM)."""
+EXAMPLE_SPLITS: tuple[str, ...] = get_args(ExampleSplit)
+ExplanationStatus = Literal["ok", "failed", "error"]
+"""ok: explained (its scores may still be missing); failed: the LLM answered, but no explanation could be read
+from the answer (kept with the raw text; a rerun skips it unless asked to retry); error: the LLM gave no
+answer (unreachable, timed out; a rerun tries again)."""
+EXPLANATION_STATUSES: tuple[str, ...] = get_args(ExplanationStatus)
+ScoreKind = Literal["simulation", "detection", "fuzzing"]
+SCORE_KINDS: tuple[str, ...] = get_args(ScoreKind)
 NOTE_MAX_CHARS = 2000
 SNIPPET_SEPARATOR = " \u2026 "
 """Joins the top examples' snippets in `features.search_text`; the first snippet is the top example's."""
@@ -196,7 +207,9 @@ class Example(Base):
     run_id: Mapped[int]
     feature_index: Mapped[int]
     band: Mapped[int] = mapped_column(doc="-1 for the top examples, 0.. for the lower bands (0 is lowest).")
-    rank: Mapped[int] = mapped_column(doc="Order within the band (top: by activation, bands: random).")
+    rank: Mapped[int] = mapped_column(
+        doc="Order within the band (top: by activation, bands: random); held-out ones continue the shown ranks."
+    )
     token_ids: Mapped[bytes] = mapped_column(LargeBinary, doc="int32 little-endian token ids of the window.")
     values: Mapped[bytes] = mapped_column(LargeBinary, doc="float32 little-endian activation per window token.")
     max_value: Mapped[float] = mapped_column(Float)
@@ -204,6 +217,91 @@ class Example(Base):
     document: Mapped[str | None] = mapped_column(String(500), doc="Source document id.")
     band_min: Mapped[float | None] = mapped_column(Float)
     band_max: Mapped[float | None] = mapped_column(Float)
+    split: Mapped[str] = mapped_column(
+        String(10), default="shown", server_default="shown",
+        doc="shown (pages, explanations) or heldout (only scores explanations: ExampleSplit).",
+    )  # fmt: skip
+
+
+class IndexContext(Base):
+    """A random context window of an index run's stream and the features that fire in it.
+
+    A feature's non-activating contexts are the windows whose `fired` list lacks it (its activation is 0 on
+    every token there); explanations are scored on them (app.interp)."""
+
+    __tablename__ = "index_contexts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("index_runs.id", ondelete="CASCADE"), index=True)
+    rank: Mapped[int] = mapped_column(doc="Order in the reservoir (random).")
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary, doc="int32 little-endian token ids of the window.")
+    fired: Mapped[bytes] = mapped_column(
+        LargeBinary, doc="int32 little-endian, ascending: the features that fire on some token of the window."
+    )
+    document: Mapped[str | None] = mapped_column(String(500), doc="Source document id (of the middle token).")
+
+
+class Explanation(Base):
+    """An LLM's explanation of one feature (or a failed attempt), from the examples of an index run.
+
+    One row per (SAE, feature, LLM, prompt version): a rerun of the same LLM and prompt skips what is stored
+    (an `error` row is tried again and replaced). A random-init baseline SAE (`jumpscope explain --baseline
+    random`) is an SAE row of its own (see app.interp.baseline), so its explanations hang off that row."""
+
+    __tablename__ = "explanations"
+    __table_args__ = (
+        UniqueConstraint("sae_id", "feature_index", "llm", "prompt_version", name="uq_explanations_attempt"),
+        CheckConstraint(f"status IN {EXPLANATION_STATUSES!r}", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("index_runs.id", ondelete="SET NULL"), index=True,
+        doc="The index run whose examples were shown and scored (NULL once a re-index replaced it).",
+    )  # fmt: skip
+    feature_index: Mapped[int]
+    text: Mapped[str | None] = mapped_column(Text, doc="The explanation; NULL for a failed attempt.")
+    llm: Mapped[str] = mapped_column(String(300), doc="The explaining backend's name (ChatBackend.name).")
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(10), doc="ok, failed or error (ExplanationStatus).")
+    shown: Mapped[list[Any]] = mapped_column(default=list, doc="Ids of the examples the LLM was shown, in order.")
+    raw: Mapped[str] = mapped_column(Text, default="", doc="The LLM's answer as written (bounded).")
+    error: Mapped[str | None] = mapped_column(Text, doc="Why no explanation was read, or why the LLM failed.")
+    seconds: Mapped[float] = mapped_column(Float, default=0.0, doc="Wall time to explain and score the feature.")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    scores: Mapped[list[ExplanationScore]] = relationship(
+        back_populates="explanation", cascade="all, delete-orphan", lazy="selectin",
+        order_by="ExplanationScore.kind", passive_deletes=True,
+    )  # fmt: skip
+
+
+class ExplanationScore(Base):
+    """One score of an explanation on held-out examples: simulation, detection or fuzzing."""
+
+    __tablename__ = "explanation_scores"
+    __table_args__ = (
+        UniqueConstraint("explanation_id", "kind", name="uq_explanation_scores_kind"),
+        CheckConstraint(f"kind IN {SCORE_KINDS!r}", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    explanation_id: Mapped[int] = mapped_column(ForeignKey("explanations.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20), doc="simulation, detection or fuzzing (ScoreKind).")
+    score: Mapped[float | None] = mapped_column(Float, doc="NULL when undefined (nothing parsed, one class only).")
+    n: Mapped[int] = mapped_column(default=0, doc="Items scored: tokens (simulation) or contexts.")
+    failures: Mapped[int] = mapped_column(default=0, doc="LLM answers that could not be read.")
+    scored: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, doc='{"examples": [example ids], "contexts": [index_contexts ids]}: what was scored.'
+    )
+    raw: Mapped[list[Any]] = mapped_column(default=list, doc="The LLM's answers, each and all bounded in size.")
+    llm: Mapped[str] = mapped_column(String(300))
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    error: Mapped[str | None] = mapped_column(Text, doc="Why the score is missing, when the scorer itself failed.")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    explanation: Mapped[Explanation] = relationship(back_populates="scores")
 
 
 class Rating(Base):

@@ -65,7 +65,7 @@ def load_feature(request: Request, session: Session, name: str, index: int, *, w
     detail = feature_detail(session, name, index, vocab)
     rows = session.execute(
         select(Example.id, Example.band)
-        .where(Example.run_id == sae.index_run_id, Example.feature_index == index)
+        .where(Example.run_id == sae.index_run_id, Example.feature_index == index, Example.split == "shown")
         .order_by(Example.band, Example.rank)
     ).all()
     ratings = list_ratings(session, name, index)[-50:] if with_ratings else []

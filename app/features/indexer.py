@@ -25,7 +25,7 @@ from sqlalchemy import Engine, delete, func, insert, or_, update
 from app.catalog.saes import RegistryError, get_sae, load_registered
 from app.catalog.vocab import pack, token_strings
 from app.core.database import session_scope
-from app.core.tables import SNIPPET_SEPARATOR, Example, Feature, IndexRun, Model, SAERow, utcnow
+from app.core.tables import SNIPPET_SEPARATOR, Example, Feature, IndexContext, IndexRun, Model, SAERow, utcnow
 from trainer.analysis.feature_stats import StatsConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ class IndexOptions:
     """Tokens per sequence; None = the SAE's training context size (else 128 on CPU, 1024 on GPU)."""
     batch_sequences: int = 8
     stats: StatsConfig = field(default_factory=StatsConfig)
-    """What is kept per feature: top-K and band examples, their window, histogram bins, seed."""
+    """What is kept per feature: top-K and band examples, their window, histogram bins, seed; and for scoring
+    explanations (app.interp) the held-out top and band examples (`heldout_top`, `heldout_band`: stored with
+    split 'heldout', never on the pages) and the random context windows (`contexts`: `index_contexts`)."""
     activations: Path | None = None
     """A harvest's cache (shards with token rows) to index from instead of running the model; its
     own dataset, split and context size apply, and it must come from the SAE's model, layer and site."""
@@ -195,7 +197,8 @@ def index_sae(
 def write_rows(
     engine: Engine, run_id: int, result: Any, *, vocab: list[str], batch: int, fail_after: int | None = None
 ) -> int:
-    """Insert the features and examples of `result` under run_id, `batch` features per transaction."""
+    """Insert the features and examples (shown and held out) of `result` under run_id, `batch` features per
+    transaction, then its context windows; returns the number of examples."""
     n_examples = 0
     for i, (features, examples) in enumerate(feature_rows(run_id, result, vocab, batch)):
         if fail_after is not None and i >= fail_after:
@@ -206,7 +209,30 @@ def write_rows(
                 session.execute(insert(Example), examples)
             session.execute(update(IndexRun).where(IndexRun.id == run_id).values(updated_at=utcnow()))
         n_examples += len(examples)
+    contexts = context_rows(run_id, result)
+    if contexts:
+        with session_scope(engine) as session:
+            session.execute(insert(IndexContext), contexts)
     return n_examples
+
+
+def context_rows(run_id: int, result: Any) -> list[dict[str, Any]]:
+    """The rows of the run's random context windows, each with the ids of the features that fire in it."""
+    stats, documents = result.stats, result.documents
+    seqs, docs = stats.context_seq.numpy(), stats.context_doc.numpy()
+    tokens, fired = stats.context_tokens.numpy(), stats.context_fired.numpy()
+    rows = []
+    for rank in range(seqs.shape[0]):
+        if seqs[rank] < 0:
+            continue
+        ids = tokens[rank]
+        doc = int(docs[rank])
+        rows.append({
+            "run_id": run_id, "rank": rank, "token_ids": ids[ids >= 0].astype("<i4").tobytes(),
+            "fired": np.flatnonzero(fired[rank]).astype("<i4").tobytes(),
+            "document": documents[doc][:500] if 0 <= doc < len(documents) else None,
+        })  # fmt: skip
+    return rows
 
 
 def _stream(lm: Any, sae: Any, layer: int, site: str, pass_cfg: Any, opts: IndexOptions,
@@ -274,14 +300,22 @@ def _window(tokens: np.ndarray, values: np.ndarray) -> tuple[bytes, bytes]:
 
 def _example(
     run_id: int, feature: int, band: int, rank: int, tokens: np.ndarray, values: np.ndarray, max_value: float,
-    max_position: int, document: str | None, edges: tuple[float, float] | None,
+    max_position: int, document: str | None, edges: tuple[float, float] | None, split: str = "shown",
 ) -> dict[str, Any]:  # fmt: skip
     ids, vals = _window(tokens, values)
     return {
         "run_id": run_id, "feature_index": feature, "band": band, "rank": rank, "token_ids": ids, "values": vals,
         "max_value": max_value, "max_position": max_position, "document": document,
-        "band_min": edges[0] if edges else None, "band_max": edges[1] if edges else None,
+        "band_min": edges[0] if edges else None, "band_max": edges[1] if edges else None, "split": split,
     }  # fmt: skip
+
+
+_HELD_FIELDS = ("values", "seq", "doc", "pos", "window_tokens", "window_values")
+
+
+def _numpy(t: Any) -> np.ndarray:
+    """A result tensor as numpy (16-bit window values widened to float32)."""
+    return t.float().numpy() if t.is_floating_point() else t.numpy()
 
 
 def feature_rows(
@@ -303,6 +337,10 @@ def feature_rows(
     band_pos = stats.band_pos.numpy()
     band_tok, band_val = stats.band_window_tokens.numpy(), stats.band_window_values.float().numpy()
     n_bands = stats.n_bands
+    # Held-out examples (split 'heldout'): their ranks continue the shown ones' (top: by value; bands: random).
+    ht = {k: _numpy(getattr(stats, f"heldout_top_{k}")) for k in _HELD_FIELDS}  # (F, H, ...)
+    hb = {k: _numpy(getattr(stats, f"heldout_band_{k}")) for k in _HELD_FIELDS}  # (F, n_bands, Rh, ...)
+    k_shown, r_shown = top_v.shape[1], band_v.shape[2]
     tids, tvals = result.top_token_ids.tolist(), result.top_token_values.tolist()
     bids, bvals = result.bottom_token_ids.tolist(), result.bottom_token_values.tolist()
     sids, scos = result.similar_ids.tolist(), result.similar_cosines.tolist()
@@ -338,6 +376,20 @@ def feature_rows(
                         _example(run_id, f, b, rank, band_tok[f, b, rank], band_val[f, b, rank],
                                  float(band_v[f, b, rank]), int(band_pos[f, b, rank]),
                                  doc_name(int(band_doc[f, b, rank])), edges)
+                    )  # fmt: skip
+                for j in range(hb["seq"].shape[2]):
+                    if hb["seq"][f, b, j] >= 0:
+                        examples.append(
+                            _example(run_id, f, b, r_shown + j, hb["window_tokens"][f, b, j],
+                                     hb["window_values"][f, b, j], float(hb["values"][f, b, j]),
+                                     int(hb["pos"][f, b, j]), doc_name(int(hb["doc"][f, b, j])), edges, "heldout")
+                        )  # fmt: skip
+            for j in range(ht["seq"].shape[1]):
+                if ht["seq"][f, j] >= 0:
+                    examples.append(
+                        _example(run_id, f, -1, k_shown + j, ht["window_tokens"][f, j], ht["window_values"][f, j],
+                                 float(ht["values"][f, j]), int(ht["pos"][f, j]), doc_name(int(ht["doc"][f, j])),
+                                 None, "heldout")
                     )  # fmt: skip
             features.append(
                 dict(

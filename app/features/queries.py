@@ -120,7 +120,7 @@ def feature_detail(session: Session, name: str, index: int, vocab: tuple[str, ..
         feature = session.get(Feature, (run_id, index), populate_existing=True)
         examples = session.scalars(
             select(Example)
-            .where(Example.run_id == run_id, Example.feature_index == index)
+            .where(Example.run_id == run_id, Example.feature_index == index, Example.split == "shown")
             .order_by(Example.band, Example.rank)
         ).all()
         if feature is not None and session.get(IndexRun, run_id, populate_existing=True) is not None:
