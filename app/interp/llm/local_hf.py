@@ -28,6 +28,12 @@ MAX_TOP_LOGPROBS = 20
 """Alternatives per token a caller may ask for (the OpenAI API's limit)."""
 
 
+_ALLOWED = (
+    f"pass a chat model folder, a hub id (e.g. HuggingFaceTB/SmolLM2-360M-Instruct), a .gguf file, or nothing "
+    f"for the offline default {DEFAULT_LLM!r}"
+)
+
+
 class PromptRejected(LLMError):
     """The messages cannot be answered as given: the chat template refuses them, or they do not fit the
     model's context (llm-serve answers 422)."""
@@ -260,9 +266,11 @@ def _load(
     else:
         source = str(model)
         path = Path(source).expanduser()
+        if source.startswith(("/", ".", "~")) and not path.exists():
+            raise ModelError(f"{source} does not exist: {_ALLOWED}")
         if path.suffix.lower() == ".gguf" and gguf_file is None:
             if not path.is_file():
-                raise ModelError(f"{source} does not exist: pass a .gguf file, a model folder or a hub id")
+                raise ModelError(f"{source} does not exist: {_ALLOWED}")
             source, gguf_file = str(path.parent), path.name
     if gguf_file is None:
         from trainer.lm.models import load_model

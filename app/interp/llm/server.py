@@ -26,6 +26,7 @@ from app.core.body_limit import BodyLimit
 from app.core.errors import validation_message
 from app.interp.llm.base import ChatReply, LLMError, Message
 from app.interp.llm.local_hf import MAX_TOP_LOGPROBS, LocalChat, PromptRejected
+from app.interp.llm.packaged import DEFAULT_LLM, is_default
 
 DEFAULT_MAX_TOKENS = 256
 """max_tokens when a request gives none (capped by the server's max_tokens_cap)."""
@@ -91,6 +92,7 @@ def create_llm_app(
     if api_key is not None and not api_key.strip():
         raise ValueError("the API key is empty: set it to a long random string, or leave it unset")
     served = model_id or chat.model_name
+    default = served == DEFAULT_LLM  # then 'smollm2' names it too
     created = int(time.time())
     app = FastAPI(title="jumpscope llm-serve", version="1", description=f"OpenAI-compatible chat API over {served}")
 
@@ -133,7 +135,7 @@ def create_llm_app(
     @app.post("/v1/chat/completions")
     async def completions(request: ChatRequest) -> dict[str, Any]:
         """Answer a chat completion request with the served model."""
-        if request.model is not None and request.model != served:
+        if request.model is not None and request.model != served and not (default and is_default(request.model)):
             raise HTTPException(404, f"model {request.model!r} is not served here; GET /v1/models lists {served!r}")
         if request.stream:
             raise HTTPException(422, "stream: streaming is not supported by llm-serve; send stream=false")
