@@ -5,6 +5,7 @@ side, and the same page without JavaScript."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,10 @@ def test_type_text_see_features_hover_focus_highlight_and_click_through(server: 
     assert f"hl=tiny%3A{feature}" in page.url
     assert page.get_by_label(LABEL).input_value() == "an edit that was not sent"
     assert f"feature #{feature} of tiny" in (page.locator("#tokens-legend").text_content() or "")
+    shot = os.environ.get("JUMPSCOPE_TEXT_SCREENSHOT")  # a picture of the page, e.g. for the README
+    if shot:
+        tokens.nth(4).hover()
+        page.screenshot(path=shot, full_page=True)
     shared = page.url  # the URL reproduces the view
     first.get_by_role("button").click()  # a second press clears the colours
     assert coloured(page) == [] and "hl=" not in page.url
