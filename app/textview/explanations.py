@@ -1,10 +1,5 @@
-"""The latest explanation of features, shown next to them on the text -> features page.
-
-STUB: the store of automated explanations (app/interp/store.py, tables `explanations` and
-`explanation_scores`, issue 18) has not landed yet. Until it does, this returns nothing and the
-page shows no explanations; once it lands, this function calls its "latest explanation per
-feature" query and nothing else changes.
-"""
+"""The latest explanation of features, shown next to them on the text -> features page: the newest
+explanation with text of each feature, from any LLM (app.interp.store, `jumpscope explain`)."""
 
 from __future__ import annotations
 
@@ -12,8 +7,12 @@ from collections.abc import Collection
 
 from sqlalchemy.orm import Session
 
+from app.interp.store import latest_explanations as stored_explanations
+
 
 def latest_explanations(session: Session, sae_id: int, indices: Collection[int]) -> dict[int, str]:
-    """Feature index -> the text of its latest explanation, for those of `indices` that have one (STUB: none)."""
-    del session, sae_id, indices  # STUB until app/interp/store.py lands (see the module docstring)
-    return {}
+    """Feature index -> the text of its latest explanation, for those of `indices` that have one."""
+    if not indices:
+        return {}
+    found = stored_explanations(session, sae_id=sae_id, features=sorted(set(indices)))
+    return {index: row.text for index, row in found.items() if row.text}

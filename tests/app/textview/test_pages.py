@@ -193,3 +193,34 @@ def test_what_cannot_be_used_is_ignored_with_a_note(client: TestClient) -> None:
     unknown = page_of(client, text=TEXT, compare=[f"x{i}" for i in range(3)], status=404)
     assert "no SAE named &#39;x0&#39;" in unknown
     assert "Text → features" in page_of(client)  # no text yet: just the form
+
+
+def test_stored_explanations_show_next_to_their_features(client: TestClient, text_store: Any) -> None:
+    from sqlalchemy import select
+
+    from app.core.database import session_scope
+    from app.core.tables import SAERow
+    from app.interp.store import save_explanation
+
+    body = encoded(client, "tiny")
+    first, second = (i for i, _, _ in expected_summary(body)[:2])
+    engine = text_store[1]
+    with session_scope(engine) as session:
+        sae = session.scalar(select(SAERow).where(SAERow.name == "tiny"))
+        assert sae is not None
+        for llm, text in [("old-llm", "an older reading"), ("new-llm", "fires on <animal> words & more")]:
+            save_explanation(session, sae_id=sae.id, run_id=sae.index_run_id, feature_index=first, llm=llm,
+                             prompt_version="v1", status="ok", text=text, raw=text)  # fmt: skip
+        save_explanation(session, sae_id=sae.id, run_id=sae.index_run_id, feature_index=second, llm="new-llm",
+                         prompt_version="v1", status="failed", text=None, raw="no answer")  # fmt: skip
+    pos = next(p for p, row in enumerate(body["activations"]) if first in [a["index"] for a in row[:8]])
+    page = page_of(client, text=TEXT, pos=pos)
+    table = re.search(r'<table class="data summary">(.*?)</table>', page, re.S)
+    assert table is not None
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)  # rows[0]: the header
+    assert "fires on &lt;animal&gt; words &amp; more" in rows[1]  # the latest, escaped
+    assert "older reading" not in page
+    assert re.search(r'<td class="wrap"></td>', rows[2])  # a failed attempt has no text to show
+    panel = re.search(r'<section id="token-panel".*?</section>', page, flags=re.S).group(0)  # type: ignore[union-attr]
+    assert '<span class="expl">fires on &lt;animal&gt; words &amp; more</span>' in panel
+    assert island(page)["saes"][0]["explanations"] == {str(first): "fires on <animal> words & more"}
