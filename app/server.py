@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     from app.jobs import pages as jobs_pages
     from app.ratings import api as ratings_api
     from app.ratings import pages as ratings_pages
+    from app.steering import api as steering_api
     from app.studies import api as studies_api
     from app.studies import pages as studies_pages
     from app.studies import results_pages as studies_results_pages
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     errors.install(app)
     for module in (health, catalog_api, features_api, ratings_api, encoding_api, jobs_api, sweeps_api, studies_api):
         app.include_router(module.router)
+    app.include_router(steering_api.router)
     rendering.mount(app)  # /static, and HTML 404 pages for browsers
     for module in (catalog_pages, features_pages, ratings_pages, studies_pages, jobs_pages, sweeps_pages):
         app.include_router(module.router)

@@ -48,13 +48,16 @@ def worker(
 
         from app.encoding.local import LocalEncoder
         from app.encoding.worker_api import StoreTargets, create_worker_app
+        from app.steering.worker_api import add_worker_routes
 
         encoder = LocalEncoder(max_loaded=settings.max_loaded_saes, max_tokens=settings.encode_max_tokens,
                                max_batch_texts=settings.encode_max_batch, window_ms=settings.encode_window_ms,
                                batching=settings.encode_batching, device=settings.device,
                                max_values=settings.encode_max_values)  # fmt: skip
-        api = create_worker_app(encoder, StoreTargets(engine), data_dir=settings.data_dir, token=token,
+        targets = StoreTargets(engine)
+        api = create_worker_app(encoder, targets, data_dir=settings.data_dir, token=token,
                                 max_request_bytes=settings.max_request_bytes)  # fmt: skip
+        add_worker_routes(api, encoder, targets, data_dir=settings.data_dir)  # steering and ablation
         config = uvicorn.Config(api, host=host, port=port, log_level="warning")
         server = uvicorn.Server(config)
         threading.Thread(target=server.run, daemon=True, name="encode-api").start()
