@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse
 from app.core.deps import SessionDep
 from app.core.errors import INVALID, NOT_FOUND, NotFound
 from app.core.schemas import csv_row
-from app.studies.queries import list_studies, rating_rows, study_exists
+from app.studies.queries import list_studies, machine_verdicts, rating_rows, study_exists
 from app.studies.results import study_results
 from app.studies.schemas import StudyOut, StudyRatingOut, StudySummary
 
@@ -44,9 +45,15 @@ def _unknown(study: str) -> NotFound:
 
 
 def _download(session: SessionDep, study: str, kind: Download) -> Response:
-    rows = [StudyRatingOut.model_validate(row).model_dump(mode="json") for row in rating_rows(session, study)]
-    if not rows:
+    ratings = rating_rows(session, study)
+    if not ratings:
         raise _unknown(study)
+    machine = machine_verdicts(session, {(row.sae, row.feature_index) for row in ratings})
+    rows = []
+    for rating in ratings:
+        verdict = machine.get((rating.sae, rating.feature_index))
+        extra = {"explanation": verdict.explanation, **verdict.scores} if verdict is not None else {}
+        rows.append(StudyRatingOut.model_validate({**asdict(rating), **extra}).model_dump(mode="json"))
     stem = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in study)[:100]
     headers = {"Content-Disposition": f'attachment; filename="{stem}-ratings.{kind}"'}
     if kind == "json":

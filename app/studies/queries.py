@@ -1,10 +1,12 @@
-"""Read queries of rating studies: a study's ratings, one row each with its SAE, and every study with counts.
+"""Read queries of rating studies: a study's ratings, one row each with its SAE, every study with counts, and the
+automated explanations and scores of a study's features (app.interp's store).
 
 A study is the `study_id` its ratings carry ('' is "outside any study" and is never a study).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +14,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from app.core.tables import Rating, SAERow
+from app.interp.store import latest_explanations, scores_of
 
 
 @dataclass(frozen=True)
@@ -120,3 +123,29 @@ def list_studies(session: Session) -> list[StudyCounts]:
         )  # fmt: skip
         out.append(counts)
     return sorted(out, key=lambda s: (s.last_rated_at, s.name), reverse=True)
+
+
+@dataclass(frozen=True)
+class MachineVerdict:
+    """A feature's latest automated explanation and its scores."""
+
+    explanation: str
+    llm: str
+    """The explaining LLM (its backend name)."""
+    scores: dict[str, float | None]
+    """simulation, detection, fuzzing -> score; None where not computed or undefined."""
+
+
+def machine_verdicts(session: Session, features: Iterable[tuple[str, int]]) -> dict[tuple[str, int], MachineVerdict]:
+    """The latest explanation (with text) and its scores of each (SAE name, feature index) that has one."""
+    wanted: dict[str, set[int]] = {}
+    for sae, index in features:
+        wanted.setdefault(sae, set()).add(index)
+    ids = dict(session.execute(select(SAERow.name, SAERow.id).where(SAERow.name.in_(list(wanted)))).all())
+    out: dict[tuple[str, int], MachineVerdict] = {}
+    for sae, indices in wanted.items():
+        if sae not in ids:
+            continue
+        for index, row in latest_explanations(session, sae_id=ids[sae], features=sorted(indices)).items():
+            out[(sae, index)] = MachineVerdict(row.text or "", row.llm, scores_of(row))
+    return out

@@ -4,8 +4,9 @@
   interval (scipy's binomtest), and how many features and raters.
 - Agreement: Krippendorff's alpha (the `krippendorff` package), nominal and ordinal (no < maybe <
   yes), over the features that two or more raters rated; None where it is undefined, with why.
-- Humans against the machine: `auc` (the Mann-Whitney statistic, ties counting half) and
-  `humans_against_machine`, which takes per-feature automated scores from whoever stores them.
+- Humans against the machine: per feature the human verdicts next to its latest automated
+  explanation and scores (app.interp), and per score the AUC of the score predicting a "yes"
+  (`auc`: the Mann-Whitney statistic, ties counting half; `humans_against_machine`).
 
 Everything here is plain maths over plain values except `study_results`, the one function that
 reads the store (through app.studies.queries).
@@ -16,13 +17,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.studies.queries import RatingRow, rating_rows
+from app.studies.queries import MachineVerdict, RatingRow, machine_verdicts, rating_rows
 
 ORDINAL: tuple[str, ...] = ("no", "maybe", "yes")
 """The labels from worst to best: the order of the ordinal alpha."""
@@ -181,6 +182,8 @@ class FeatureVerdicts:
     index: int
     verdicts: list[Verdict]
     """By rater name."""
+    machine: MachineVerdict | None = None
+    """The feature's latest automated explanation and scores, if it has one."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,10 @@ class StudyResults:
     """The unblinded list: every rated feature, by SAE and index."""
     rows: list[RatingRow]
     """One per rating (the downloads)."""
+    explained: int = 0
+    """Rated features that have an automated explanation."""
+    machine: list[ScoreAUC] = field(default_factory=list)
+    """Per automated score, how well it predicts a "yes" on the study's features (humans against the machine)."""
 
 
 def _shares(labels: Sequence[str]) -> list[LabelShare]:
@@ -259,8 +266,11 @@ def _group(name: str, architecture: str, rows: Sequence[RatingRow]) -> GroupResu
     )  # fmt: skip
 
 
-def summarise(study: str, rows: Sequence[RatingRow]) -> StudyResults:
-    """The results of a study from its ratings (one row per rating)."""
+def summarise(
+    study: str, rows: Sequence[RatingRow], machine: Mapping[tuple[str, int], MachineVerdict] | None = None
+) -> StudyResults:
+    """The results of a study from its ratings (one row per rating) and its features' automated verdicts."""
+    machine = machine or {}
     by_sae: dict[str, list[RatingRow]] = {}
     by_arch: dict[str, list[RatingRow]] = {}
     features: dict[tuple[str, int], list[RatingRow]] = {}
@@ -270,7 +280,8 @@ def summarise(study: str, rows: Sequence[RatingRow]) -> StudyResults:
         features.setdefault((row.sae, row.feature_index), []).append(row)
     verdicts = [
         FeatureVerdicts(sae, group[0].architecture, index,
-                        [Verdict(r.rater, r.label, r.note) for r in sorted(group, key=lambda r: r.rater)])
+                        [Verdict(r.rater, r.label, r.note) for r in sorted(group, key=lambda r: r.rater)],
+                        machine.get((sae, index)))
         for (sae, index), group in sorted(features.items())
     ]  # fmt: skip
     return StudyResults(
@@ -279,7 +290,8 @@ def summarise(study: str, rows: Sequence[RatingRow]) -> StudyResults:
         by_sae=[_group(name, group[0].architecture, group) for name, group in sorted(by_sae.items())],
         by_architecture=[_group(arch, arch, group) for arch, group in sorted(by_arch.items())],
         agreement=agreement([[row.label for row in group] for group in features.values()]),
-        features_list=verdicts, rows=list(rows),
+        features_list=verdicts, rows=list(rows), explained=sum(1 for f in verdicts if f.machine is not None),
+        machine=humans_against_machine(verdicts, {key: m.scores for key, m in machine.items()}),
     )  # fmt: skip
 
 
@@ -313,4 +325,6 @@ def humans_against_machine(
 def study_results(session: Session, study: str) -> StudyResults | None:
     """The results of `study` from the store; None when no rating carries that study name."""
     rows = rating_rows(session, study)
-    return summarise(study, rows) if rows else None
+    if not rows:
+        return None
+    return summarise(study, rows, machine_verdicts(session, {(row.sae, row.feature_index) for row in rows}))

@@ -86,6 +86,32 @@ class VerdictOut(_Out):
     note: str
 
 
+class MachineVerdictOut(_Out):
+    """A feature's latest automated explanation (app.interp) and its scores."""
+
+    explanation: str
+    llm: str
+    """The explaining LLM."""
+    scores: dict[str, float | None]
+    """simulation, detection, fuzzing -> score; null where not computed or undefined."""
+
+
+class ScoreAUCOut(_Out):
+    """How well one automated score predicts a person's "yes" on the study's features."""
+
+    score: str
+    """simulation, detection or fuzzing."""
+    auc: float | None
+    """The chance that a rating of "yes" has a higher score than one of "maybe" or "no" (ties count half); each
+    rating is one observation carrying its feature's score. Null without both kinds of rating."""
+    features: int
+    """Rated features with this score."""
+    ratings: int
+    """Their ratings (the observations)."""
+    yes: int
+    """How many of those ratings are "yes"."""
+
+
 class FeatureVerdictsOut(_Out):
     """One rated feature, unblinded."""
 
@@ -95,6 +121,8 @@ class FeatureVerdictsOut(_Out):
     """The feature's index in its SAE."""
     verdicts: list[VerdictOut]
     """Every rater's answer, by rater name."""
+    machine: MachineVerdictOut | None
+    """The latest automated explanation and its scores; null when the feature has none."""
 
 
 class StudyOut(_Out):
@@ -114,6 +142,10 @@ class StudyOut(_Out):
     """Over the whole study."""
     features_list: list[FeatureVerdictsOut]
     """Every rated feature with each rater's label and note, by SAE and index."""
+    explained: int
+    """Rated features that have an automated explanation."""
+    machine: list[ScoreAUCOut]
+    """Humans against the machine: per automated score, the AUC of it predicting a "yes"."""
 
 
 class StudyRatingOut(_Out):
@@ -134,3 +166,11 @@ class StudyRatingOut(_Out):
     """Time from showing the feature to the rating, when the page measured it."""
     created_at: datetime
     updated_at: datetime
+    explanation: str | None = None
+    """The feature's latest automated explanation (app.interp), if any."""
+    simulation: float | None = None
+    """Its simulation score (Pearson correlation of simulated and true activations)."""
+    detection: float | None = None
+    """Its detection score (balanced accuracy)."""
+    fuzzing: float | None = None
+    """Its fuzzing score (balanced accuracy)."""
