@@ -81,3 +81,29 @@ class ChatBackend(Protocol):
     async def aclose(self) -> None:
         """Release connections / model memory."""
         ...
+
+
+@runtime_checkable
+class PrefillScorer(Protocol):
+    """An optional capability beside ChatBackend: read the model's next-token distribution inside a
+    teacher-forced assistant answer, many positions in one pass, without generating anything.
+
+    The simulation score's "all at once" method (Bills et al. 2023) needs it: the answer lists the
+    context's tokens, each followed by a tab, and the prediction for a token is read at the position
+    after its tab. Backends that cannot do this (most chat endpoints) simply do not implement it."""
+
+    name: str
+    """As ChatBackend.name."""
+
+    async def next_token_distributions(
+        self, messages: Sequence[Message], assistant_prefix: str, positions: Sequence[int], candidates: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """For the chat-templated `messages` followed by the assistant's partial answer
+        `assistant_prefix`, per character offset in `positions` (0 to len(assistant_prefix)), the
+        probability of each candidate string's first token as the next token, renormalised over the
+        candidates (the values of each dict sum to 1).
+
+        A candidate whose first token is also an earlier candidate's cannot be told apart from it
+        and is left out of the dicts. Raises ValueError for bad arguments (an offset outside the
+        prefix, no candidates), LLMError when no answer can be had (a prompt over the context too)."""
+        ...

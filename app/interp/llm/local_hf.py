@@ -4,6 +4,11 @@ The model runs one call at a time (a lock) in a worker thread, so the event loop
 generates. Prompts go through the tokenizer's chat template; greedy decoding at temperature 0,
 plain temperature sampling otherwise (no top-k / top-p); per-token log-probabilities come from the
 model's raw logits at each generated position (not from the temperature-scaled sampling scores).
+
+LocalChat is also a PrefillScorer: `next_token_distributions` reads the next-token distribution at
+many offsets of a teacher-forced assistant answer in one forward pass (the simulation's "all at
+once" method). A base model without a chat template can be given one (`chat_template=`, e.g.
+PLAIN_TRANSCRIPT).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 
 from app.interp.llm.base import ChatReply, LLMError, Message, TokenLogprob
 from app.interp.llm.packaged import DEFAULT_LLM, is_default, smollm2_folder
+from app.interp.llm.prefill import candidate_token_ids, prefix_token_ids
 from trainer.device import resolve_device
 from trainer.lm.errors import ModelError, one_line
 
@@ -27,6 +33,12 @@ log = logging.getLogger(__name__)
 MAX_TOP_LOGPROBS = 20
 """Alternatives per token a caller may ask for (the OpenAI API's limit)."""
 
+
+PLAIN_TRANSCRIPT = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+"""A trivial chat template for a base model: the turns as a plain transcript ('User: ...', 'Assistant: ...')."""
 
 _ALLOWED = (
     f"pass a chat model folder, a hub id (e.g. HuggingFaceTB/SmolLM2-360M-Instruct), a .gguf file, or nothing "
@@ -45,6 +57,8 @@ class LocalChat:
     model: the offline default (None, '', 'smollm2'), a local model folder, a hub id, or a
     `.gguf` file (or pass `gguf_file=` with a folder or hub id). device: auto, cpu or cuda
     (trainer.device's rule). dtype: float32 on CPU; bfloat16 (default) or float32 on CUDA.
+    chat_template: a Jinja chat template used instead of the tokenizer's own (a base model has
+    none; PLAIN_TRANSCRIPT is a trivial one).
     The model loads now (seconds; converting the offline default the first time takes about 30 s).
     Raises ModelError (a ValueError) when the model cannot load or has no chat template.
     """
@@ -57,11 +71,16 @@ class LocalChat:
         dtype: torch.dtype | None = None,
         gguf_file: str | None = None,
         progress: bool = True,
+        chat_template: str | None = None,
     ) -> None:
         self.model_name = DEFAULT_LLM if is_default(model) else str(model)
         self.name = f"hf:{self.model_name}"
         self.device = resolve_device(device) if device in ("auto", "cpu", "cuda") else _explicit_device(device)
-        self._model, self._tokenizer = _load(model, gguf_file, self.device, dtype, progress=progress)
+        # Kept here, never set on the tokenizer: load_model may share one tokenizer between callers.
+        self._chat_template = chat_template
+        self._model, self._tokenizer = _load(
+            model, gguf_file, self.device, dtype, progress=progress, need_template=chat_template is None
+        )
         self._stop_ids = _stop_token_ids(self._model, self._tokenizer)
         self._lock = threading.Lock()  # one model call at a time, whichever thread or event loop asks
         self._queues: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
@@ -109,6 +128,26 @@ class LocalChat:
         _check_args(max_tokens, temperature, top_logprobs)
         return self._generate(list(messages), max_tokens, temperature, logprobs or top_logprobs > 0, top_logprobs)
 
+    async def next_token_distributions(
+        self, messages: Sequence[Message], assistant_prefix: str, positions: Sequence[int], candidates: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """The candidates' next-token probabilities at each offset of the assistant's partial answer, from
+        one forward pass (see PrefillScorer). Raises PromptRejected when prompt and prefix exceed the context."""
+        _check_prefill_args(assistant_prefix, positions, candidates)
+        if self._model is None:
+            raise LLMError(f"{self.name} was closed (aclose): create a new LocalChat")
+        async with self._queue():
+            return await asyncio.to_thread(
+                self._distributions, list(messages), assistant_prefix, list(positions), list(candidates)
+            )
+
+    def next_token_distributions_sync(
+        self, messages: Sequence[Message], assistant_prefix: str, positions: Sequence[int], candidates: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """`next_token_distributions` in the calling thread (blocking)."""
+        _check_prefill_args(assistant_prefix, positions, candidates)
+        return self._distributions(list(messages), assistant_prefix, list(positions), list(candidates))
+
     async def aclose(self) -> None:
         """Drop the model (its memory is freed once no call holds it)."""
         with self._lock:
@@ -128,18 +167,57 @@ class LocalChat:
         """The chat-templated prompt with the assistant turn opened: (1, T) token ids."""
         conversation = [{"role": m.role, "content": m.content} for m in messages]
         try:
-            ids = _apply_template(self._tokenizer, conversation)
+            ids = _apply_template(self._tokenizer, conversation, self._chat_template)
         except Exception as exc:  # jinja2 raises TemplateError for e.g. "System role not supported"
             if messages and messages[0].role == "system" and len(messages) > 1:
                 # Templates without a system role (Gemma): the instructions open the first user turn.
                 merged = [{"role": messages[1].role, "content": f"{messages[0].content}\n\n{messages[1].content}"}]
                 try:
-                    ids = _apply_template(self._tokenizer, merged + conversation[2:])
+                    ids = _apply_template(self._tokenizer, merged + conversation[2:], self._chat_template)
                 except Exception as again:
                     raise PromptRejected(f"{self.name}: its chat template refused them: {one_line(again)}") from None
             else:
                 raise PromptRejected(f"{self.name}: its chat template refused the messages: {one_line(exc)}") from None
         return torch.tensor([ids], dtype=torch.long)  # (1, T)
+
+    def _distributions(
+        self, messages: list[Message], prefix: str, positions: list[int], candidates: list[str]
+    ) -> list[dict[str, float]]:
+        with self._lock:
+            model, tokenizer = self._model, self._tokenizer
+            if model is None:
+                raise LLMError(f"{self.name} was closed (aclose): create a new LocalChat")
+            prompt = self._prompt_ids(messages)[0].tolist()
+            prefix_ids, starts = prefix_token_ids(tokenizer, prefix, positions)
+            ids = prompt + prefix_ids
+            if self.context_length and len(ids) > self.context_length:
+                raise PromptRejected(
+                    f"{self.name}: the prompt and the answer so far have {len(ids)} tokens, over the model's context "
+                    f"of {self.context_length} tokens: score shorter contexts"
+                )
+            chosen = candidate_token_ids(tokenizer, candidates)
+            # Logits at sequence index t predict token t + 1: the read for a prefix token start s is at s - 1.
+            rows = [len(prompt) + s - 1 for s in starts]
+            if min(rows) < 0:
+                raise PromptRejected(f"{self.name}: the chat template gives an empty prompt; nothing predicts offset 0")
+            keep = sorted(set(rows))
+            try:
+                with torch.inference_mode():
+                    out = model(
+                        input_ids=torch.tensor([ids], device=self.device),  # (1, T)
+                        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                        logits_to_keep=torch.tensor(keep, device=self.device),  # only the read rows: vocab x T is big
+                        use_cache=False,
+                    )
+            except (RuntimeError, ValueError) as exc:  # out of memory, ...
+                raise LLMError(f"{self.name}: the forward pass failed: {one_line(exc)}") from None
+            logits = out.logits[0].float()  # (len(keep), vocab)
+        at = {row: i for i, row in enumerate(keep)}
+        picked = logits[[at[r] for r in rows]][:, list(chosen.values())]  # (P, C)
+        # Renormalised over the candidates: softmax of their logits equals p_c / sum of the candidates' p.
+        probs = torch.softmax(picked, dim=-1).tolist()  # (P, C)
+        names = list(chosen)
+        return [dict(zip(names, row, strict=True)) for row in probs]
 
     def _generate(
         self, messages: list[Message], max_tokens: int, temperature: float, want_logprobs: bool, top_n: int
@@ -197,10 +275,25 @@ def _check_args(max_tokens: int, temperature: float, top_logprobs: int) -> None:
         raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top_logprobs}")
 
 
-def _apply_template(tokenizer: Any, conversation: list[dict[str, str]]) -> list[int]:
+def _check_prefill_args(prefix: str, positions: Sequence[int], candidates: Sequence[str]) -> None:
+    if not positions:
+        raise ValueError("positions: give at least one offset to read at")
+    bad = [p for p in positions if not 0 <= p <= len(prefix)]
+    if bad:
+        raise ValueError(f"positions: offset {bad[0]} is outside the assistant prefix (0 to {len(prefix)})")
+    if not candidates or any(not c for c in candidates):
+        raise ValueError("candidates: give at least one non-empty candidate string")
+
+
+def _apply_template(tokenizer: Any, conversation: list[dict[str, str]], template: str | None = None) -> list[int]:
     # sanitize_control_tokens: a feature example that contains "<|im_end|>" stays text, not a turn break.
     ids = tokenizer.apply_chat_template(
-        conversation, add_generation_prompt=True, tokenize=True, return_dict=False, sanitize_control_tokens=True
+        conversation,
+        chat_template=template,  # None: the tokenizer's own
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+        sanitize_control_tokens=True,
     )
     if hasattr(ids, "input_ids"):  # a BatchEncoding on versions that ignore return_dict=False
         ids = ids["input_ids"]
@@ -258,9 +351,16 @@ def _explicit_device(device: str) -> torch.device:
 
 
 def _load(
-    model: str | None, gguf_file: str | None, device: torch.device, dtype: torch.dtype | None, *, progress: bool
+    model: str | None,
+    gguf_file: str | None,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    progress: bool,
+    need_template: bool = True,
 ) -> tuple[Any, Any]:
-    """(model in eval mode on device, tokenizer); ModelError when it cannot load or has no chat template."""
+    """(model in eval mode on device, tokenizer); ModelError when it cannot load, or has no chat template
+    and `need_template`."""
     if is_default(model) and gguf_file is None:
         source: str = str(smollm2_folder(progress=progress))
     else:
@@ -279,7 +379,7 @@ def _load(
         hf_model, tokenizer = loaded.model, loaded.tokenizer
     else:
         hf_model, tokenizer = _load_gguf(source, gguf_file, device, dtype)
-    if not getattr(tokenizer, "chat_template", None):
+    if need_template and not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"{model or DEFAULT_LLM} has no chat template (no chat_template in its tokenizer files): use an "
             "instruction-tuned chat model, e.g. HuggingFaceTB/SmolLM2-360M-Instruct or the offline default"

@@ -2,6 +2,15 @@
 the feature's activation, 0-10, on every token of held-out contexts; the score is the Pearson
 correlation of the predictions with the true activations.
 
+Two methods, recorded as the result's `method` (and its prompt version):
+
+- "all-at-once" (Bills et al.'s, app.interp.scoring.simulation_all_at_once), when the backend is a
+  PrefillScorer (LocalChat): the answer is teacher-forced and each token's prediction is the expected
+  value of the model's next-token distribution over the answers, all read in one forward pass per
+  context. Nothing is generated or parsed, so even a 135M model gives a prediction for every token.
+- "generation", for any other backend (chat endpoints), described below.
+
+Generation:
 - One call per context. The prompt lists the context's tokens one per line; the answer is a line
   per token, `token<TAB>number` (a plain list of numbers in token order is accepted too).
 - Where the backend returns log-probabilities, each prediction is the expected value over the digit
@@ -19,21 +28,31 @@ correlation of the predictions with the true activations.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from app.interp.errors import ParseError
 from app.interp.examples import SCALE_MAX, Context, display_token
-from app.interp.llm.base import ChatBackend, ChatReply, Message
+from app.interp.llm.base import ChatBackend, ChatReply, Message, PrefillScorer
 from app.interp.scoring.calls import chat_all
 from app.interp.scoring.result import Failure, ScoreResult
+from app.interp.scoring.simulation_all_at_once import ALL_AT_ONCE_PROMPT_VERSION, read_all_at_once
 from app.interp.scoring.stats import expected_value, mean_defined, pearson
 
 PROMPT_VERSION = "simulate-v1"
-"""Recorded with every simulation score; bump it whenever the prompt or the parser changes."""
+"""Recorded with every simulation score of the generation method; bump it whenever its prompt or parser changes."""
+
+PROMPT_VERSIONS: dict[str, str] = {"generation": PROMPT_VERSION, "all-at-once": ALL_AT_ONCE_PROMPT_VERSION}
+"""Method -> the prompt version its scores record (each bumped on its own when its prompt changes)."""
+
+SimulationMethod = Literal["all-at-once", "generation"]
+
+T = TypeVar("T")
 
 _SYSTEM = (
     "We study a feature of a language model that fires on some tokens of a text. "
@@ -81,6 +100,8 @@ class SimulationResult(ScoreResult):
     """The mean of the defined per-context correlations."""
     from_logprobs: int
     """How many predictions are expected values from logprobs (the rest are parsed numbers)."""
+    method: SimulationMethod
+    """'all-at-once' (read from one teacher-forced pass) or 'generation' (the LLM wrote the numbers)."""
 
 
 def simulation_messages(explanation: str, context: Context) -> list[Message]:
@@ -232,27 +253,39 @@ async def score_simulation(
 ) -> SimulationResult:
     """Simulate the feature on each context from `explanation` and score the predictions.
 
-    `contexts`: held-out top, band and non-activating windows (empty ones are skipped). `logprobs`:
-    top alternatives asked per generated token (0: parsed numbers only). `rng_seed` is accepted for
-    the scorers' common signature; simulation draws nothing at random. LLMError propagates."""
+    `contexts`: held-out top, band and non-activating windows (empty ones are skipped). A backend that
+    is a PrefillScorer is read all at once (`logprobs` and `max_tokens_per_token` then do not apply);
+    any other generates. `logprobs`: top alternatives asked per generated token (0: parsed numbers
+    only). `rng_seed` is accepted for the scorers' common signature; simulation draws nothing at
+    random. LLMError propagates."""
     del rng_seed
     scored = [c for c in contexts if c.tokens]
-    prompts = [simulation_messages(explanation, c) for c in scored]
-    limits = [max_tokens_per_token * len(c.tokens) + 16 for c in scored]
-    replies = await chat_all(backend, prompts, max_tokens=limits, logprobs=logprobs)
     predictions: list[tuple[float, ...] | None] = []
     failures: list[Failure] = []
-    from_logprobs = 0
-    for i, (context, reply) in enumerate(zip(scored, replies, strict=True)):
-        try:
-            parsed = parse_simulation(reply.text, context.tokens)
-        except ParseError as exc:
-            failures.append(Failure(call=i, reason=exc.reason, raw=reply.text))
-            predictions.append(None)
-            continue
-        values, used = expected_predictions(reply, parsed, context.tokens)
-        predictions.append(values)
-        from_logprobs += used
+    method: SimulationMethod
+    if isinstance(backend, PrefillScorer):
+        method = "all-at-once"
+        readings = await _gather(*(read_all_at_once(backend, explanation, c) for c in scored))
+        predictions = [r.values for r in readings]
+        raw = [r.text for r in readings]
+        from_logprobs = sum(len(r.values) for r in readings)
+    else:
+        method = "generation"
+        prompts = [simulation_messages(explanation, c) for c in scored]
+        limits = [max_tokens_per_token * len(c.tokens) + 16 for c in scored]
+        replies = await chat_all(backend, prompts, max_tokens=limits, logprobs=logprobs)
+        raw = [r.text for r in replies]
+        from_logprobs = 0
+        for i, (context, reply) in enumerate(zip(scored, replies, strict=True)):
+            try:
+                parsed = parse_simulation(reply.text, context.tokens)
+            except ParseError as exc:
+                failures.append(Failure(call=i, reason=exc.reason, raw=reply.text))
+                predictions.append(None)
+                continue
+            values, used = expected_predictions(reply, parsed, context.tokens)
+            predictions.append(values)
+            from_logprobs += used
     pooled_pred: list[float] = []
     pooled_true: list[float] = []
     per_context: list[float | None] = []
@@ -268,12 +301,25 @@ async def score_simulation(
         score=pearson(pooled_pred, pooled_true),
         n=len(pooled_pred),
         failures=tuple(failures),
-        raw=tuple(r.text for r in replies),
+        raw=tuple(raw),
         llm=backend.name,
-        prompt_version=PROMPT_VERSION,
+        prompt_version=PROMPT_VERSIONS[method],
         example_ids=tuple(c.example_id for c in scored),
         predictions=tuple(predictions),
         per_context=tuple(per_context),
         per_context_mean=mean_defined(per_context),
         from_logprobs=from_logprobs,
+        method=method,
     )
+
+
+async def _gather(*calls: Coroutine[Any, Any, T]) -> list[T]:
+    """The results of `calls` run concurrently, in order; when one raises, the others are cancelled."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
