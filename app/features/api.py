@@ -21,12 +21,23 @@ router = APIRouter(prefix="/api/v1/saes/{sae}/features", tags=["features"], resp
 def list_features(
     sae: str,
     session: SessionDep,
-    sort: Annotated[queries.SortKey, Query(description="rating: mean label (yes 2, maybe 1, no 0)")] = "index",
+    sort: Annotated[
+        queries.SortKey,
+        Query(
+            description="rating: mean label (yes 2, maybe 1, no 0); simulation, detection, fuzzing: that score "
+            "of the latest explanation (features without one last)"
+        ),
+    ] = "index",
     order: queries.SortOrder = "asc",
     min_frequency: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_frequency: Annotated[float | None, Query(ge=0, le=1)] = None,
     q: Annotated[
-        str | None, Query(max_length=200, pattern=r"^[^\x00]*$", description="Text in top examples or rating notes")
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[^\x00]*$",
+            description="Text in top examples, rating notes or the latest explanation",
+        ),
     ] = None,
     label: Annotated[queries.LabelFilter | None, Query(description="Features with such a rating")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -40,6 +51,8 @@ def list_features(
 
 @router.get("/{index}", response_model=FeatureDetail, responses=NOT_FOUND, summary="One feature's dashboard data")
 def get_feature(sae: str, index: int, session: SessionDep, request: Request) -> FeatureDetail:
+    """Statistics, examples, output tokens, ratings and the automated explanations with their scores (newest
+    first; attempts that gave no explanation are in `failed_explanations`)."""
     row = get_sae(session, sae)
     check_index(row, index)
     vocab = vocab_for(request.app.state.engine, row.model) if row.model is not None else ()

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from app.catalog.queries import check_index
 from app.catalog.saes import NotFound, get_sae
 from app.catalog.vocab import decode
-from app.core.tables import SNIPPET_SEPARATOR, Example, Feature, IndexRun, Rating, RatingLabel
+from app.core.tables import SCORE_KINDS, SNIPPET_SEPARATOR, Example, Feature, IndexRun, Rating, RatingLabel, ScoreKind
+from app.features.explanations import feature_explanations, latest_columns, scores_out
 from app.features.schemas import (
     BandOut,
     ExampleOut,
@@ -29,8 +30,9 @@ from app.features.schemas import (
 from app.ratings.queries import rating_columns, rating_summary
 from app.ratings.schemas import RatingSummary
 
-SortKey = Literal["index", "frequency", "max_activation", "rating"]
-"""What the feature list sorts by (rating: the mean label, yes 2, maybe 1, no 0)."""
+SortKey = Literal["index", "frequency", "max_activation", "rating", ScoreKind]
+"""What the feature list sorts by (rating: the mean label, yes 2, maybe 1, no 0; simulation, detection,
+fuzzing: that score of the latest explanation, features without one last)."""
 SortOrder = Literal["asc", "desc"]
 LabelFilter = Literal[RatingLabel, "unrated"]
 """Features with at least one rating of this label, or with none."""
@@ -59,6 +61,7 @@ def list_features(
     if sae.index_run_id is None:
         return FeatureList(total=0, items=[])
     ratings = rating_columns(sae.id)
+    explained = latest_columns(sae.id)
     conditions = [Feature.run_id == sae.index_run_id]
     if min_frequency is not None:
         conditions.append(Feature.frequency >= min_frequency)
@@ -69,19 +72,24 @@ def list_features(
         in_notes = exists().where(
             Rating.sae_id == sae.id, Rating.feature_index == Feature.index, Rating.note.ilike(pattern, escape="\\")
         )
-        conditions.append(or_(Feature.search_text.ilike(pattern, escape="\\"), in_notes))
+        conditions.append(
+            or_(Feature.search_text.ilike(pattern, escape="\\"), in_notes, explained.c.text.ilike(pattern, escape="\\"))
+        )
     if label == "unrated":
         conditions.append(ratings.c.total.is_(None))
     elif label is not None:
         conditions.append(ratings.c[label] > 0)
     base = (
-        select(Feature, ratings).outerjoin(ratings, ratings.c.feature_index == Feature.index).where(and_(*conditions))
+        select(Feature, ratings, explained.c.text.label("explanation"), *[explained.c[k] for k in SCORE_KINDS])
+        .outerjoin(ratings, ratings.c.feature_index == Feature.index)
+        .outerjoin(explained, explained.c.feature_index == Feature.index)
+        .where(and_(*conditions))
     )
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     column = {"index": Feature.index, "frequency": Feature.frequency, "max_activation": Feature.max_activation,
-              "rating": ratings.c.score}[sort]  # fmt: skip
+              "rating": ratings.c.score, **{k: explained.c[k] for k in SCORE_KINDS}}[sort]  # fmt: skip
     ordered = column.asc() if order == "asc" else column.desc()
-    if sort == "rating":
+    if sort == "rating" or sort in SCORE_KINDS:
         ordered = ordered.nulls_last()
     rows = session.execute(base.order_by(ordered, Feature.index).limit(limit).offset(offset)).all()
     return FeatureList(total=total, items=[_summary(row) for row in rows])
@@ -93,6 +101,7 @@ def _summary(row: Any) -> FeatureSummary:
         index=f.index, frequency=f.frequency, fire_count=f.fire_count, max_activation=f.max_activation,
         mean_activation=f.mean_activation, top_text=f.search_text.split(SNIPPET_SEPARATOR)[0] if f.search_text else "",
         ratings=RatingSummary(yes=row.yes or 0, maybe=row.maybe or 0, no=row.no or 0, total=row.total or 0),
+        explanation=row.explanation, scores=scores_out(row) if row.explanation is not None else None,
     )  # fmt: skip
 
 
@@ -135,6 +144,7 @@ def feature_detail(session: Session, name: str, index: int, vocab: tuple[str, ..
             bands[e.band] = BandOut(band=e.band, min=e.band_min or 0.0, max=e.band_max or 0.0, examples=[])
         if e.band >= 0:
             bands[e.band].examples.append(_example(e, vocab))
+    explanations, failed = feature_explanations(session, sae_id=sae.id, feature_index=index)
     hist = feature.histogram or {}
     return FeatureDetail(
         sae=name, index=index, dead=feature.fire_count == 0, frequency=feature.frequency,
@@ -146,5 +156,5 @@ def feature_detail(session: Session, name: str, index: int, vocab: tuple[str, ..
         similar=[SimilarFeature(index=i, cosine=c) for i, c in feature.similar],
         top_examples=[_example(e, vocab) for e in examples if e.band == -1],
         bands=sorted(bands.values(), key=lambda b: b.band, reverse=True),
-        ratings=rating_summary(session, sae.id, index),
+        ratings=rating_summary(session, sae.id, index), explanations=explanations, failed_explanations=failed,
     )  # fmt: skip

@@ -1,5 +1,5 @@
-"""The latest explanation of features, shown next to them on the text -> features page: the newest
-explanation with text of each feature, from any LLM (app.interp.store, `jumpscope explain`)."""
+"""The latest explanation of features, shown next to them on the text -> features page: the store's "latest
+explanation per feature" query (app.interp.store.latest_explanations: status ok, any LLM, newest first)."""
 
 from __future__ import annotations
 
@@ -14,5 +14,5 @@ def latest_explanations(session: Session, sae_id: int, indices: Collection[int])
     """Feature index -> the text of its latest explanation, for those of `indices` that have one."""
     if not indices:
         return {}
-    found = stored_explanations(session, sae_id=sae_id, features=sorted(set(indices)))
-    return {index: row.text for index, row in found.items() if row.text}
+    rows = stored_explanations(session, sae_id=sae_id, features=list(indices))
+    return {index: row.text for index, row in rows.items() if row.text}
