@@ -153,3 +153,43 @@ def test_without_javascript_a_pressed_token_shows_its_features(server: str, brow
         assert "hl=tiny%3A" in page.url and coloured(page)
     finally:
         context.close()
+
+
+@pytest.mark.slow
+def test_steer_from_a_dashboard_and_see_two_continuations(server: str, page: Any) -> None:
+    import httpx
+
+    top = httpx.get(f"{server}/api/v1/saes/tiny/features", params={"sort": "frequency", "order": "desc", "limit": 1})
+    feature = top.json()["items"][0]["index"]
+    page.goto(f"{server}/saes/tiny/features/{feature}")
+    # the dashboard's ablation, next to the logit lens
+    page.get_by_label("Text to zero this feature on").fill(SENTENCE)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Ablate").click()
+    assert "fires on" in (page.locator("#ablate-status").text_content() or "")
+    assert page.locator("#ablate-positions tbody tr").count() >= 1
+    with page.expect_navigation():
+        page.get_by_role("link", name="Steer with this feature").click()
+    assert page.get_by_label("Feature of intervention 1").input_value() == str(feature)
+    page.get_by_label("Prompt", exact=True).fill("the quick brown fox")
+    page.get_by_label("Strength of intervention 1").fill("300")
+    page.get_by_label("New tokens").fill("6")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Steer", exact=True).click()
+    baseline = page.locator("#baseline-text .t.new").all_text_contents()
+    steered = page.locator("#steered-text .t.new").all_text_contents()
+    assert baseline and steered and baseline != steered
+    assert page.get_by_role("heading", name="Without interventions").is_visible()
+    assert page.get_by_role("heading", name="Steered", exact=True).is_visible()
+    # the run's link reproduces it
+    link = page.locator("#run-link").get_attribute("href")
+    page.goto(f"{server}{link}")
+    assert page.locator("#steered-text .t.new").all_text_contents() == steered
+    # search for another feature and add it (Enter in the search field searches, it does not generate)
+    page.get_by_label("Words in their top examples or explanations").fill("fox")
+    with page.expect_navigation():
+        page.get_by_label("Words in their top examples or explanations").press("Enter")
+    assert page.locator("#steer-result").count() == 0
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add feature").first.click()
+    assert page.locator('input[name="f"]').count() == 2
