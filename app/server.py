@@ -50,7 +50,6 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     from app.sweeps import pages as sweeps_pages
     from app.textview import pages as textview_pages
     from app.textview import steer_pages as textview_steer_pages
-    from app.textview import steer_pages as textview_steer_pages
     from app.web import rendering
 
     settings = settings or Settings()
@@ -95,7 +94,6 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
         app.include_router(module.router)
     app.include_router(studies_results_pages.router)
     app.include_router(textview_pages.router)
-    app.include_router(textview_steer_pages.router)
     app.include_router(textview_steer_pages.router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before any route reads
     return app

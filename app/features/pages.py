@@ -194,46 +194,6 @@ async def _ablate_text(request: Request, name: str, index: int, text: str) -> Ab
         return Ablated(error=f"no model is available: {e}")
 
 
-@dataclass
-class Ablated:
-    """The outcome of a no-JS ablation on the dashboard: the ablate API's answer, or why there is none."""
-
-    result: Any = None
-    """An app.steering.schemas.AblateOut."""
-    error: str | None = None
-
-
-async def _ablate_text(request: Request, name: str, index: int, text: str) -> Ablated:
-    """Zero the feature on `text` server-side (app.steering.service.ablate, with the API's token rule and limits)."""
-    from pydantic import ValidationError
-
-    from app.auth.encode_access import encode_client
-    from app.core.errors import AuthError, InvalidInput, TooManyRequests, Unavailable, validation_message
-    from app.core.errors import NotFound as Missing  # catalog's NotFound and the unknown-feature one
-    from app.steering.schemas import AblateIn
-    from app.steering.service import ablate
-
-    def access() -> str:  # the API's token rule and rate limit (the page sends no token)
-        state = request.app.state
-        with state.sessions() as session, session.begin():
-            host = request.client.host if request.client else None
-            return encode_client(session, None, host, requires_token=state.settings.encode_requires_token,
-                                 limiter=state.encode_rate)  # fmt: skip
-
-    try:
-        body = AblateIn(text=text)
-        await run_in_threadpool(access)
-        return Ablated(result=await ablate(request, name, index, body))
-    except ValidationError as e:
-        return Ablated(error=validation_message(e.errors()))
-    except (InvalidInput, Missing) as e:
-        return Ablated(error=str(e))
-    except (AuthError, TooManyRequests) as e:
-        return Ablated(error=str(e.detail))
-    except Unavailable as e:
-        return Ablated(error=f"no model is available: {e}")
-
-
 @router.get("/saes/{sae}/features/{index}", response_class=HTMLResponse)
 async def feature_page(request: Request, sae: str, index: str) -> HTMLResponse:
     number = parse_index(index)
@@ -255,12 +215,9 @@ async def feature_page(request: Request, sae: str, index: str) -> HTMLResponse:
     tried = await _try_text(request, sae, number, text) if text.strip() else None
     ablate = request.query_params.get("ablate", "").replace("\x00", "")[:MAX_TRY_CHARS]
     ablated = await _ablate_text(request, sae, number, ablate) if ablate.strip() else None
-    ablate = request.query_params.get("ablate", "").replace("\x00", "")[:MAX_TRY_CHARS]
-    ablated = await _ablate_text(request, sae, number, ablate) if ablate.strip() else None
     return render(request, "feature.html", {
         "view": view, "f": view.detail, "sae": view.sae, "who": who, "context": context, "text": text,
         "tried": tried, "shown": view.shown(context), "next_url": None, "blind": False,
-        "ablate": ablate, "ablated": ablated,
         "ablate": ablate, "ablated": ablated,
         "rendered_at": int(time.time() * 1000), "position": None, "study": "",
         "prev_index": number - 1 if number > 0 else None,
