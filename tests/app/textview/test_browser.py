@@ -1,7 +1,11 @@
-"""The text -> features page in headless Chromium (Debian's /usr/bin/chromium through playwright)
-against real uvicorn (`jumpscope serve`): type a text, see its features, hover and focus tokens,
-colour the text by a feature without a reload, click through to a dashboard, compare SAEs side by
-side, and the same page without JavaScript."""
+"""The text -> features and steering pages in headless Chromium (Debian's /usr/bin/chromium through
+playwright) against real uvicorn (`jumpscope serve`): type a text, see its features, hover and focus
+tokens, colour the text by a feature without a reload, click through to a dashboard, compare SAEs
+side by side, the same page without JavaScript; ablate on a dashboard, steer from it and see two
+continuations.
+
+JUMPSCOPE_TEXT_SCREENSHOT=PATH saves a screenshot of the text page with a feature highlighted there,
+JUMPSCOPE_STEER_SCREENSHOT=PATH one of the steering page with its two continuations."""
 
 from __future__ import annotations
 
@@ -181,6 +185,9 @@ def test_steer_from_a_dashboard_and_see_two_continuations(server: str, page: Any
     assert baseline and steered and baseline != steered
     assert page.get_by_role("heading", name="Without interventions").is_visible()
     assert page.get_by_role("heading", name="Steered", exact=True).is_visible()
+    shot = os.environ.get("JUMPSCOPE_STEER_SCREENSHOT")  # a picture of the steering page, e.g. for the README
+    if shot:
+        page.screenshot(path=shot, full_page=True)
     # the run's link reproduces it
     link = page.locator("#run-link").get_attribute("href")
     page.goto(f"{server}{link}")
