@@ -64,7 +64,7 @@ def distribution_svg(
     title = f"{kind} scores of {sae}" + (" and its random baseline" if baseline else "")
     if stats.n == 0 and (baseline is None or baseline[1].n == 0):
         return Markup(f'<p class="muted">{escape(title)}: no scores yet.</p>')
-    left, right, top, bottom = 44, 12, 44, 36
+    left, right, top, bottom = 44, 12, 58 if baseline else 44, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     lo, hi = SCORE_RANGES[kind]
     base_y = top + plot_h
@@ -80,7 +80,8 @@ def distribution_svg(
         return base_y - share / peak * plot_h
 
     out = [f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{left}" y="15" {FONT} font-weight="bold" fill="#222222">{escape(title)}</text>']  # fmt: skip
+           f'<text x="{left}" y="15" {FONT} font-weight="bold" fill="#222222">{escape(kind.capitalize())} scores'
+           "</text>"]  # fmt: skip
     for tick in (0.0, peak / 2, peak):
         y = _fmt(sy(tick))
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y}" y2="{y}" stroke="#e3e3e3"/>')
@@ -115,8 +116,8 @@ def distribution_svg(
                f"{escape(AXIS_LABELS.get(kind, kind))}</text>")  # fmt: skip
     out.append(f'<text transform="translate(11 {top + plot_h / 2:.0f}) rotate(-90)" {FONT} text-anchor="middle" '
                'fill="#222222">share of features</text>')  # fmt: skip
-    for row, (name, s, colour, filled) in enumerate(series):  # the legend: one line, side by side
-        ly, lx = 30, left + row * plot_w // 2
+    for row, (name, s, colour, filled) in enumerate(series):  # the legend: a line each, under the title
+        ly, lx = 30 + 14 * row, left
         out.append(f'<rect x="{lx}" y="{ly - 8}" width="12" height="10" {_paint(colour, filled)}/>')
         out.append(f'<text x="{lx + 16}" y="{ly + 1}" {FONT} fill="#222222">{escape(_legend(name, s))}</text>')
     label = f"Histogram of {title}. " + "; ".join(_describe(name, s) for name, s, _, _ in series)
@@ -127,7 +128,7 @@ def _paint(colour: str, filled: bool) -> str:
     return f'fill="{colour}" fill-opacity="0.75"' if filled else f'fill="none" stroke="{colour}" stroke-width="1.5"'
 
 
-def _legend(name: str, stats: ScoreStats, chars: int = 22) -> str:
+def _legend(name: str, stats: ScoreStats, chars: int = 34) -> str:
     short = name if len(name) <= chars else name[: chars - 1] + "\u2026"
     return f"{short} (n={stats.n}, mean {_n(stats.mean)})"
 
@@ -148,7 +149,7 @@ def intervals_svg(kind: str, groups: Sequence[Group], title: str, *, height: int
     if not shown:
         return Markup(f'<p class="muted">{escape(title)}: no {escape(kind)} scores yet.</p>')
     left, right, top, bottom = 52, 16, 30, 50
-    slot = 90
+    slot = 100
     plot_w, plot_h = max(len(shown) * slot, 200), height - top - bottom
     width = left + plot_w + right
     base_y = top + plot_h
@@ -187,7 +188,7 @@ def intervals_svg(kind: str, groups: Sequence[Group], title: str, *, height: int
                              f'stroke="#222222" stroke-width="1.2"/>' for v in (s.low, s.high)))  # fmt: skip
         out.append(f'<g>{bar}<circle cx="{_fmt(x)}" cy="{_fmt(sy(s.mean))}" r="5" fill="{g.colour}" '
                    f'stroke="#ffffff" stroke-width="1"/><title>{tip}</title></g>')  # fmt: skip
-        name = g.name if len(g.name) <= 14 else g.name[:13] + "\u2026"
+        name = g.name if len(g.name) <= 16 else g.name[:15] + "\u2026"
         out.append(f'<text x="{_fmt(x)}" y="{base_y + 15}" {FONT} text-anchor="middle" fill="#222222">'
                    f"{escape(name)}<title>{escape(g.name)}</title></text>")  # fmt: skip
         out.append(f'<text x="{_fmt(x)}" y="{base_y + 29}" {FONT} text-anchor="middle" fill="#666666">n={s.n}</text>')
