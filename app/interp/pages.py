@@ -40,6 +40,7 @@ class ListQuery:
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> ListQuery:
+        """The table's settings from a query string; a value out of bounds becomes its default."""
         t = cls()
         t.q = params.get("q", "").replace("\x00", "").strip()[:200]
         sort = params.get("sort", "feature")
@@ -71,6 +72,7 @@ class ListQuery:
 
 @router.get("/saes/{sae}/explanations", response_class=HTMLResponse)
 def explanations_page(request: Request, sae: str) -> HTMLResponse:
+    """The SAE's score distributions beside its random baseline's, and its explanations (404 for an unknown SAE)."""
     table = ListQuery.parse(request.query_params)
     try:
         with page_session(request) as session:
