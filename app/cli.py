@@ -16,6 +16,7 @@ from app.core import cli as core_cli
 from app.core.commands import console, open_store
 from app.core.settings import Settings
 from app.features import cli as features_cli
+from app.interp import cli as interp_cli
 from app.interp.llm import cli as llm_cli
 from app.jobs import cli as jobs_cli
 from app.pipeline import cli as pipeline_cli
@@ -55,6 +56,6 @@ def serve(
     uvicorn.run("app.server:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level)
 
 
-for domain in (pipeline_cli, core_cli, catalog_cli, features_cli, jobs_cli, auth_cli, sweeps_cli, llm_cli):
+for domain in (pipeline_cli, core_cli, catalog_cli, features_cli, jobs_cli, auth_cli, sweeps_cli, llm_cli, interp_cli):
     domain.register(app)
 app.command()(serve)

@@ -113,3 +113,8 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(
         4, ge=0, description="Further attempts after a connect error, timeout, 429 or 5xx of an LLM endpoint."
     )
+    llm_url: str | None = Field(
+        None,
+        description="The one OpenAI-compatible endpoint (base URL, e.g. http://gpu-box:8080/v1) that queued explain "
+        "jobs may name as their `llm` (the API key is sent there); unset = jobs use in-process models only.",
+    )

@@ -21,7 +21,7 @@ from app.core.errors import INVALID, NOT_FOUND, UNAUTHORIZED, ErrorOut
 from app.core.settings import Settings
 from app.core.tables import Job
 from app.jobs import checks, queue
-from app.jobs.schemas import IndexJobParams, JobCreated, JobIn, JobOut
+from app.jobs.schemas import ExplainJobParams, IndexJobParams, JobCreated, JobIn, JobOut
 from app.jobs.views import job_out, reader_is_admin
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=INVALID)
@@ -33,7 +33,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 
 @router.post(
     "", status_code=202, response_model=JobCreated, responses={**UNAUTHORIZED, **NOT_FOUND, **CONFLICT},
-    summary="Queue a training or indexing job",
+    summary="Queue a training, indexing or explain job",
 )  # fmt: skip
 def create_job(body: JobIn, session: SessionDep, caller: AdminDep, request: Request) -> JobCreated | JSONResponse:
     settings: Settings = request.app.state.settings
@@ -43,6 +43,11 @@ def create_job(body: JobIn, session: SessionDep, caller: AdminDep, request: Requ
         checks.check_index_queued(dataset=params.dataset, tokens=params.tokens, top_k=params.top_k,
                                   window=params.window, d_in=sae.d_in, d_sae=sae.d_sae, settings=settings)  # fmt: skip
         job = queue.add_job(session, "index", params.model_dump())
+    elif isinstance(params, ExplainJobParams):
+        sae = get_sae(session, params.sae)  # 404 for an unknown SAE
+        checks.check_explain_queued(sae=sae, features=params.features, llm=params.llm, baseline=params.baseline,
+                                    settings=settings)  # fmt: skip
+        job = queue.add_job(session, "explain", params.model_dump())
     else:
         checks.check_train_queued(dataset=params.dataset, activations=params.activations, model=params.model,
                                   tokens=params.tokens, index_tokens=params.index_tokens, width=params.width,

@@ -29,11 +29,17 @@ this machine's physical memory; on a GPU worker the same bound applies to the es
   the usual way to ask for terabytes), and the runner checks the whole estimate once the model or
   cache is open, before the SAE is built.
 - index: the SAE's weights (2 x d_sae x d_in x 4 bytes), the per-feature examples the statistics
-  keep (top_k and band samples, each a window of token ids and values: trainer.analysis.feature_stats)
-  and a batch of latents; d_in and d_sae come from the registered SAE, so both checks are complete.
+  keep (top_k and band samples, shown and held out, each a window of token ids and values, and the
+  context reservoir's flags: trainer.analysis.feature_stats) and a batch of latents; d_in and d_sae
+  come from the registered SAE, so both checks are complete.
   A train job that indexes afterwards (`index_tokens`) is checked for that too, with the default
   statistics (STATS_TOP_K, STATS_WINDOW) and width as d_sae; training and indexing run one after the
   other, so each estimate is checked on its own.
+- explain: its LLM is the offline default, a model name (Hub id) or a model folder inside
+  JUMPSCOPE_DATASETS_DIR, or an http(s) endpoint only if it is the one `Settings.llm_url` names (the API
+  key is sent to it, so a job may not choose where). With `baseline: random` it also indexes a random SAE
+  of the same shape with the options of the SAE's current index run, so that run's dataset (or harvest
+  cache) must pass the dataset rule, its tokens the token limit and the index estimate the memory limit.
 """
 
 from __future__ import annotations
@@ -41,9 +47,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 from app.core.errors import InvalidInput
 from app.core.settings import Settings
+from app.core.tables import SAERow
 
 PACKAGED = "packaged"
 """The packaged corpus (trainer.data.text.PACKAGED)."""
@@ -68,6 +76,8 @@ STATS_BANDS, STATS_BAND_SIZE, STATS_BINS = 5, 5, 50
 """trainer.analysis.feature_stats.StatsConfig's defaults, which index jobs use."""
 STATS_TOP_K, STATS_WINDOW = 20, 64
 """StatsConfig's top_k and window, which the indexing after a train job uses."""
+STATS_HELDOUT_TOP, STATS_HELDOUT_BAND, STATS_CONTEXTS = 10, 2, 128
+"""StatsConfig's held-out examples and context reservoir, which index jobs keep besides."""
 
 DATASET_RULE = (
     "give 'packaged', a Hugging Face Hub dataset name (owner/name) or a file or folder inside the folder "
@@ -183,7 +193,9 @@ def train_memory(width: int, batch_size: int, d_in: int | None = None, buffer_to
 def index_memory(d_in: int | None, d_sae: int, top_k: int, window: int) -> int:
     """Bytes an indexing job needs by the estimate of the module docstring (d_in None: its d_in-free part)."""
     example = window * 8 + 32  # window token ids (int32) and values (float32); value, sequence, document, place
-    per_feature = top_k * example + (STATS_BANDS + 1) * STATS_BAND_SIZE * example + (STATS_BINS + 8) * 8
+    top = (top_k + STATS_HELDOUT_TOP) * example
+    bands = (STATS_BANDS + 1) * (STATS_BAND_SIZE + STATS_HELDOUT_BAND) * example
+    per_feature = top + bands + (STATS_BINS + 8) * 8 + STATS_CONTEXTS  # + one fired flag per context window
     weights = 2 * FLOAT_BYTES * d_sae * d_in if d_in is not None else 0
     latents = 2 * FLOAT_BYTES * INDEX_BATCH_TOKENS * d_sae
     return weights + d_sae * per_feature + latents
@@ -250,3 +262,79 @@ def check_index_queued(
     job_dataset(dataset, settings.datasets_dir)
     check_tokens(settings, tokens=tokens)
     check_memory(index_memory(d_in, d_sae, top_k, window), settings, "indexing this SAE", "top_k or window")
+
+
+# -- explain jobs -----------------------------------------------------------------------------------
+
+
+def job_llm(value: str | None, settings: Settings, *, at_run: bool = False) -> str | None:
+    """What an explain job's `llm` may be: None (the offline default), the endpoint Settings.llm_url names,
+    a model name or a model folder inside JUMPSCOPE_DATASETS_DIR (resolved); JobRejected otherwise."""
+    if value is None:
+        return None
+    if value.lower().startswith(("http://", "https://")):
+        if settings.llm_url is None or value.rstrip("/") != settings.llm_url.rstrip("/"):
+            raise JobRejected(
+                "params.llm: a queued job may name only the LLM endpoint this server is configured with "
+                "(JUMPSCOPE_LLM_URL; unset here), since the API key is sent to it; leave llm out for the offline "
+                "default, or run `jumpscope explain --llm URL` from the command line"
+            )
+        return value
+    root = settings.datasets_dir
+    inside_root = root is not None and not _has_parent_step(value) and _exists(root.expanduser() / value)
+    if "://" not in value and is_hub_name(value) and not inside_root:
+        if at_run and _exists(Path(value)):
+            raise JobRejected(
+                f"params.llm: {value!r} has the form of a model name, but the worker's working folder holds a "
+                "file or folder of that name, which a job may not read; give a Hub id or a folder inside "
+                "JUMPSCOPE_DATASETS_DIR"
+            )
+        return value
+    return str(local_path(value, root, "llm"))
+
+
+def check_explain_features(features: list[int] | None, d_sae: int) -> None:
+    """JobRejected when a feature index is not one of the SAE's."""
+    bad = [f for f in features or () if f >= d_sae]
+    if bad:
+        raise JobRejected(f"params.features: this SAE has features 0 to {d_sae - 1}; there is no feature {bad[0]}")
+
+
+def check_baseline_index(
+    *, run_dataset: str | None, run_params: dict[str, Any], run_tokens: int, d_in: int, d_sae: int,
+    settings: Settings, at_run: bool = False,
+) -> str | None:  # fmt: skip
+    """The rules of indexing the random baseline like the SAE's index run: its dataset (or harvest cache),
+    tokens and memory estimate; returns the dataset as the job may read it."""
+    activations = run_params.get("activations")
+    dataset = None
+    if activations:
+        local_path(str(activations), settings.datasets_dir, "activations")
+    else:
+        try:
+            dataset = job_dataset(run_dataset, settings.datasets_dir, at_run=at_run)
+        except JobRejected as err:
+            raise JobRejected(
+                f"the random baseline is indexed like this SAE's index, whose dataset a job may not read: {err}"
+            ) from None
+    check_tokens(settings, tokens=run_tokens)
+    top_k, window = int(run_params.get("top_k", STATS_TOP_K)), int(run_params.get("window", STATS_WINDOW))
+    check_memory(
+        index_memory(d_in, d_sae, top_k, window), settings, "indexing the random baseline", "its index's top_k"
+    )
+    return dataset
+
+
+def check_explain_queued(
+    *, sae: SAERow, features: list[int] | None, llm: str | None, baseline: str | None, settings: Settings
+) -> None:
+    """The queue-time checks of an explain job: an indexed SAE, its feature range, the LLM rule and, with a
+    random baseline, the rules of indexing it like the SAE's index run."""
+    if sae.index_run is None:
+        raise JobRejected(f"params.sae: {sae.name!r} is not indexed yet: index it first (an index job)")
+    check_explain_features(features, sae.d_sae)
+    job_llm(llm, settings)
+    if baseline is not None:
+        run = sae.index_run
+        check_baseline_index(run_dataset=run.dataset, run_params=run.params or {}, run_tokens=run.tokens,
+                             d_in=sae.d_in, d_sae=sae.d_sae, settings=settings)  # fmt: skip

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, and_, false, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.core.database import session_scope
-from app.core.tables import ACTIVE_JOB_STATUSES, Job, SAERow, utcnow
+from app.core.tables import ACTIVE_JOB_STATUSES, JOB_KINDS, Job, SAERow, utcnow
 
 MAX_ATTEMPTS = 3
 MAX_METRIC_POINTS = 2000
@@ -86,7 +86,7 @@ def requeue_stale(engine: Engine, stale_after: float) -> list[int]:
         return [job.id for job in stale]
 
 
-def claim(engine: Engine, worker: str, kinds: tuple[str, ...] = ("train", "index")) -> Job | None:
+def claim(engine: Engine, worker: str, kinds: tuple[str, ...] = JOB_KINDS) -> Job | None:
     """Take the oldest queued job for this worker, or None."""
     with session_scope(engine) as session:
         candidate = select(Job.id).where(Job.status == "queued", Job.kind.in_(kinds)).order_by(Job.created_at, Job.id)

@@ -1,4 +1,4 @@
-"""What a worker does for each kind of job: train (then evaluate, register, maybe index) or index.
+"""What a worker does for each kind of job: train (then evaluate, register, maybe index), index, or explain.
 
 A job's files live in `runs_dir/job-ID`; a training job started again after its worker died
 resumes from the checkpoint there.
@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from app.core.settings import Settings
 from app.jobs import checks
-from app.jobs.schemas import IndexJobParams, TrainJobParams
+from app.jobs.schemas import ExplainJobParams, IndexJobParams, TrainJobParams
 
 
 class JobStopped(Exception):
@@ -181,6 +181,59 @@ def run_index(
     return {"sae": params.sae, "tokens": summary.tokens, "examples": summary.examples, "dead": summary.dead}
 
 
+def run_explain(
+    *, engine: Engine, job_id: int, raw: dict[str, Any], settings: Settings, report: Reporter
+) -> dict[str, Any]:
+    """Explain and score features of a registered SAE (and of its random baseline); progress is the share of
+    features done (the baseline's index and features take the second half). A stop is JobStopped; what is
+    done stays stored, and the job run again skips it."""
+    from app.catalog.saes import get_sae
+    from app.core.database import session_scope
+    from app.interp.llm.factory import backend_from_spec
+    from app.interp.pipeline import ExplainSummary, explain_sae
+
+    params = ExplainJobParams.model_validate(raw)
+    llm = checks.job_llm(params.llm, settings, at_run=True)
+    with session_scope(engine) as session:
+        sae = get_sae(session, params.sae)
+        if sae.index_run is None:
+            raise checks.JobRejected(f"params.sae: {params.sae!r} is not indexed yet: index it first (an index job)")
+        checks.check_explain_features(params.features, sae.d_sae)
+        if params.baseline is not None:
+            run = sae.index_run
+            checks.check_baseline_index(run_dataset=run.dataset, run_params=run.params or {}, run_tokens=run.tokens,
+                                        d_in=sae.d_in, d_sae=sae.d_sae, settings=settings, at_run=True)  # fmt: skip
+    report.update(0.0, f"loading the LLM for {params.sae}")
+    backend = backend_from_spec(llm, model=params.llm_model, settings=settings)
+    share = 0.5 if params.baseline is not None else 1.0
+
+    def progress(stage: str, done: int, total: int) -> None:
+        part = min(done, total) / max(total, 1)
+        if stage.startswith("index "):
+            report.update(share + 0.1 * part, f"{stage}: {done:,} of {total:,} tokens")
+        elif stage == f"explain {params.sae}":
+            report.update(share * part, f"{stage}: {done} of {total} features")
+        else:
+            report.update(0.6 + 0.4 * part, f"{stage}: {done} of {total} features")
+
+    try:
+        summary = explain_sae(engine, params.sae, backend=backend, features=params.features, sample=params.sample,
+                              seed=params.seed, baseline=params.baseline, progress=progress,
+                              data_dir=settings.data_dir, device=settings.device)  # fmt: skip
+    except KeyboardInterrupt:
+        raise JobStopped from None
+
+    def result(s: ExplainSummary) -> dict[str, Any]:
+        return {"sae": s.name, "llm": s.llm, "prompt_version": s.prompt_version, "features": len(s.features),
+                "skipped": s.skipped, "ok": s.ok, "failed": s.failed, "errors": s.errors,
+                "per_minute": round(s.per_minute, 3), "means": {k: s.mean(k) for k in s.scores}}  # fmt: skip
+
+    out = result(summary)
+    if summary.baseline is not None:
+        out["baseline"] = result(summary.baseline)
+    return out
+
+
 class Runner(Protocol):
     """Runs one job of a kind: its raw params in, its result document out (JobStopped when stopped)."""
 
@@ -192,4 +245,5 @@ class Runner(Protocol):
 RUNNERS: dict[str, Runner] = {
     "train": run_train,
     "index": run_index,
+    "explain": run_explain,
 }

@@ -11,6 +11,7 @@ from app.core.schemas import NO_NUL, StrictBody, no_nul
 from app.core.tables import JobStatus
 from trainer.lm.site_names import Site
 from trainer.saes import registry
+from trainer.saes.config import MAX_D_SAE
 from trainer.training.config import Recipe
 
 
@@ -95,6 +96,35 @@ class IndexJobParams(StrictBody):
         return self
 
 
+class ExplainJobParams(StrictBody):
+    """An explain job: the same choices as `jumpscope explain` (either features or sample)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sae: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    features: list[Annotated[int, Field(ge=0, le=MAX_D_SAE)]] | None = Field(
+        None, min_length=1, max_length=100_000, description="Features to explain (or give sample)."
+    )
+    sample: int | None = Field(None, ge=1, le=1_000_000, description="Explain this many live features at random.")
+    llm: str | None = Field(
+        None, min_length=1, max_length=1000, pattern=NO_NUL,
+        description="None: the offline default; a Hub id or a model folder inside JUMPSCOPE_DATASETS_DIR; or the "
+        "worker's JUMPSCOPE_LLM_URL (no other URL).",
+    )  # fmt: skip
+    llm_model: str | None = Field(
+        None, min_length=1, max_length=200, pattern=NO_NUL, description="The model the llm endpoint serves."
+    )
+    baseline: Literal["random"] | None = Field(None, description="Also explain a random-init SAE of the same shape.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExplainJobParams:
+        no_nul(self.model_dump(), "params")
+        if (self.features is None) == (self.sample is None):
+            raise ValueError("give either features or sample")
+        return self
+
+
 class TrainJobIn(StrictBody):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,4 +139,11 @@ class IndexJobIn(StrictBody):
     params: IndexJobParams
 
 
-JobIn = Annotated[TrainJobIn | IndexJobIn, Field(discriminator="kind")]
+class ExplainJobIn(StrictBody):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["explain"]
+    params: ExplainJobParams
+
+
+JobIn = Annotated[TrainJobIn | IndexJobIn | ExplainJobIn, Field(discriminator="kind")]
