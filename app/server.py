@@ -38,6 +38,8 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     from app.encoding.gate import EncodeGate
     from app.features import api as features_api
     from app.features import pages as features_pages
+    from app.interp import api as interp_api
+    from app.interp import pages as interp_pages
     from app.jobs import api as jobs_api
     from app.jobs import pages as jobs_pages
     from app.ratings import api as ratings_api
@@ -89,12 +91,14 @@ def create_app(settings: Settings | None = None, *, encoder: Any = None) -> Fast
     for module in (health, catalog_api, features_api, ratings_api, encoding_api, jobs_api, sweeps_api, studies_api):
         app.include_router(module.router)
     app.include_router(steering_api.router)
+    app.include_router(interp_api.router)
     rendering.mount(app)  # /static, and HTML 404 pages for browsers
     for module in (catalog_pages, features_pages, ratings_pages, studies_pages, jobs_pages, sweeps_pages):
         app.include_router(module.router)
     app.include_router(studies_results_pages.router)
     app.include_router(textview_pages.router)
     app.include_router(textview_steer_pages.router)
+    app.include_router(interp_pages.router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)  # outermost: before any route reads
     return app
 

@@ -18,8 +18,10 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.catalog.queries import sae_detail, sweeps_of
-from app.catalog.saes import NotFound, RegistryError
+from app.catalog.saes import NotFound, RegistryError, get_sae
+from app.core.tables import SCORE_KINDS
 from app.features.dashboard import FeatureView, NotIndexed, context_mode, load_feature, not_indexed_page
+from app.features.explanations import has_explanations
 from app.features.queries import LabelFilter, SortKey, SortOrder, list_features
 from app.ratings.rater import Identity, identity
 from app.web.params import page_session, parse_index
@@ -109,11 +111,13 @@ def sae_page(request: Request, sae: str) -> HTMLResponse:
                 label=table.label, limit=table.limit, offset=table.offset,  # type: ignore[arg-type]
             )  # fmt: skip
             sweeps = sweeps_of(session, sae)
+            explained = has_explanations(session, get_sae(session, sae).id)
     except NotFound as e:
         return error_page(request, 404, "No such SAE", str(e))
     hist_svg = frequency_histogram_svg(detail.frequency_histogram) if detail.frequency_histogram else None
     return render(request, "sae.html", {"sae": detail, "features": features, "table": table, "hist_svg": hist_svg,
-                                        "page_sizes": PAGE_SIZES, "sweeps": sweeps})  # fmt: skip
+                                        "page_sizes": PAGE_SIZES, "sweeps": sweeps,
+                                        "explained": explained, "score_kinds": SCORE_KINDS})  # fmt: skip
 
 
 @dataclass
@@ -219,7 +223,7 @@ async def feature_page(request: Request, sae: str, index: str) -> HTMLResponse:
         "view": view, "f": view.detail, "sae": view.sae, "who": who, "context": context, "text": text,
         "tried": tried, "shown": view.shown(context), "next_url": None, "blind": False,
         "ablate": ablate, "ablated": ablated,
-        "rendered_at": int(time.time() * 1000), "position": None, "study": "",
+        "rendered_at": int(time.time() * 1000), "position": None, "study": "", "score_kinds": SCORE_KINDS,
         "prev_index": number - 1 if number > 0 else None,
         "next_index": number + 1 if number + 1 < view.sae.d_sae else None,
     })  # fmt: skip

@@ -3,7 +3,9 @@
 A backend answers a list of chat messages with text and, when asked and able, the
 log-probabilities of each generated token with its most likely alternatives (the simulation
 score reads an expected 0-10 activation from them). Backends are async: the OpenAI-compatible
-one runs many requests at once, the in-process one runs its model in a worker thread.
+one runs many requests at once, the in-process one runs its model in a worker thread. A backend
+may also be a PrefillScorer (the in-process one is): it reads next-token distributions inside a
+teacher-forced answer, which the simulation score's "all at once" method uses.
 """
 
 from __future__ import annotations
