@@ -81,7 +81,8 @@ def test_index_matches_brute_force_and_the_direct_logit_lens(
         # examples: top ones sorted by value, the first at the feature's max, windows hold the max token
         live = next(f for f in features if f.fire_count > 10)
         examples = session.scalars(
-            select(Example).where(Example.run_id == row.index_run_id, Example.feature_index == live.index)
+            select(Example).where(Example.run_id == row.index_run_id, Example.feature_index == live.index,
+                                  Example.split == "shown")
             .order_by(Example.band, Example.rank)
         ).all()  # fmt: skip
         top_examples = [e for e in examples if e.band == -1]
