@@ -39,8 +39,11 @@ def fuzz(operation: Any, mode: Any) -> Any:
     """A hypothesis test of one operation: generated requests, every schemathesis check."""
     # Encode limits (tokens per text, top_k and feature indices below d_sae) depend on the tokenizer and the
     # SAE, which a schema cannot state: there a schema-valid request may get 422 (covered in test_api).
-    # Likewise a queued job's dataset must lie under the server's JUMPSCOPE_DATASETS_DIR or be a hub name.
-    excluded = [positive_data_acceptance] if operation.path.endswith(("/encode", "/encode/multi", "/jobs")) else []
+    # Likewise a queued job's dataset must lie under the server's JUMPSCOPE_DATASETS_DIR or be a hub name, and
+    # steer / ablate bodies hold feature indices below d_sae, token limits and exactly one of strength or clamp
+    # (covered in tests/app/steering).
+    limited = ("/encode", "/encode/multi", "/jobs", "/steer", "/ablate")
+    excluded = [positive_data_acceptance] if operation.path.endswith(limited) else []
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
