@@ -85,7 +85,7 @@ def test_index_matches_brute_force_and_the_direct_logit_lens(
                                   Example.split == "shown")
             .order_by(Example.band, Example.rank)
         ).all()  # fmt: skip
-        top_examples = [e for e in examples if e.band == -1]
+        top_examples = [e for e in examples if e.band == -1 and e.split == "shown"]
         assert len(top_examples) == 4
         values = [e.max_value for e in top_examples]
         assert values == sorted(values, reverse=True) and values[0] == pytest.approx(live.max_activation)
@@ -96,6 +96,16 @@ def test_index_matches_brute_force_and_the_direct_logit_lens(
             if e.band >= 0:
                 assert e.band_min <= e.max_value <= e.band_max
         assert len({e.document for e in top_examples}) == 4  # one per document
+        # held out for scoring explanations: the next top-K ranks (other documents, lower values), the next band keys
+        # (a held-out example that is also a shown band sample is dropped, so ranks may skip)
+        held_top = [e for e in examples if e.band == -1 and e.split == "heldout"]
+        assert len(held_top) <= 10 and all(4 <= e.rank < 14 for e in held_top)
+        assert all(e.max_value <= values[-1] for e in held_top)
+        assert not {e.document for e in held_top} & {e.document for e in top_examples}
+        held_band = [e for e in examples if e.band >= 0 and e.split == "heldout"]
+        assert all(e.rank >= 2 for e in held_band) and len(held_band) <= 3 * 2
+        held = select(func.count()).select_from(Example).where(Example.run_id == row.index_run_id, Example.band == -1)
+        assert session.scalar(held.where(Example.split == "heldout")) > 0
         assert live.search_text
         vocab = unpack(session.scalar(select(Model.vocab)))
         assert vocab[2] == "<bos>" and len(vocab) == session.scalar(select(Model.vocab_size))
