@@ -1,12 +1,17 @@
 """The "all at once" simulator (Bills et al. 2023; OpenAI's neuron-explainer): predictions read from the
 model's next-token probabilities in one teacher-forced pass, nothing generated.
 
-- The prompt is the generation method's (system, one worked example, the explanation and the context's
-  tokens one per line), and the assistant's answer is written for the model: one line per token,
-  `token<TAB>unknown`. At the offset after each tab the backend (a PrefillScorer) reads the
-  distribution of the next token over the answers "0".."9", renormalised; the prediction is its
+- The prompt: instructions, three worked examples (a topic, a word among similar words, a word that
+  does not occur), then the explanation; the assistant's answer is written for the model: one line
+  per token, `token<TAB>unknown`. At the offset after each tab the backend (a PrefillScorer) reads
+  the distribution of the next token over the answers "0".."9", renormalised; the prediction is its
   expected value. The lines before a token say "unknown" (the paper's placeholder), so one forward
   pass serves every token and no prediction depends on an earlier sampled one.
+- Measured on token-identity features of real text (the true activation is 1 on one word): the
+  user message holds only the explanation, not the token list the generation prompt shows first
+  (with it, SmolLM2-135M and Gemma 3 270M rated the right and a wrong explanation alike: the list
+  puts the explanation far from the lines), and the examples include a word among look-alikes and
+  a word that is absent (with only the topic example, the same).
 - Scale 0-9, not 0-10: "10" is two tokens ("1" "0") for SmolLM2 and Gemma 3, so its first token is
   the answer "1"'s and one pass cannot tell them apart (the model would spell its strongest answer
   with the token read as 1). Every answer 0-9 is one token in these tokenizers. Predictions are
@@ -40,16 +45,21 @@ _SYSTEM = (
     f'Write one line per token, in order: the token, a tab, the number; "{UNKNOWN}" marks an activation not '
     "predicted yet."
 )
-_FEW_SHOT_EXPLANATION = "names of days of the week"
-_FEW_SHOT: tuple[tuple[str, int], ...] = (
-    ("See", 0),
-    (" you", 0),
-    (" on", 0),
-    (" Monday", 9),
-    (" or", 0),
-    (" Tuesday", 8),
-    (".", 0),
-)
+_FEW_SHOT: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
+    (
+        "names of days of the week",
+        (("See", 0), (" you", 0), (" on", 0), (" Monday", 9), (" or", 0), (" Tuesday", 8), (".", 0)),
+    ),
+    (
+        'the word "cat"',
+        (("He", 0), (" walked", 0), (" his", 0), (" dog", 0), (" to", 0), (" the", 0), (" cat", 9), (" shelter", 0),
+         (".", 0)),
+    ),
+    (
+        'the word "river"',
+        (("Rain", 0), (" fell", 0), (" on", 0), (" the", 0), (" roof", 0), (" all", 0), (" night", 0), (".", 0)),
+    ),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,7 @@ class AllAtOncePrompt:
     """What the backend reads for one context."""
 
     messages: tuple[Message, ...]
-    """System, the worked example, and the explanation with the context's tokens."""
+    """System, the worked examples (a user and an assistant turn each), and the explanation."""
     assistant_prefix: str
     """The teacher-forced answer: `token<TAB>unknown` per token."""
     positions: tuple[int, ...]
@@ -76,22 +86,18 @@ class AllAtOnceReading:
 
 def all_at_once_prompt(explanation: str, context: Context) -> AllAtOncePrompt:
     """The all-at-once prompt for one context (tokens shown as `display_token` writes them)."""
-    example_tokens = "\n".join(tok for tok, _ in _FEW_SHOT)
-    example_answer = "\n".join(f"{tok}\t{v}" for tok, v in _FEW_SHOT)
-    shown = [display_token(t) for t in context.tokens]
-    messages = (
-        Message("system", _SYSTEM),
-        Message("user", f"Explanation: {_FEW_SHOT_EXPLANATION}\nTokens:\n{example_tokens}"),
-        Message("assistant", example_answer),
-        Message("user", f"Explanation: {' '.join(explanation.split())}\nTokens:\n" + "\n".join(shown)),
-    )
+    messages = [Message("system", _SYSTEM)]
+    for example, answer in _FEW_SHOT:
+        messages.append(Message("user", f"Explanation: {example}"))
+        messages.append(Message("assistant", "\n".join(f"{tok}\t{v}" for tok, v in answer)))
+    messages.append(Message("user", f"Explanation: {' '.join(explanation.split())}"))
     prefix = ""
     positions: list[int] = []
-    for tok in shown:
+    for tok in (display_token(t) for t in context.tokens):
         prefix += f"{tok}\t"
         positions.append(len(prefix))
         prefix += f"{UNKNOWN}\n"
-    return AllAtOncePrompt(messages, prefix, tuple(positions))
+    return AllAtOncePrompt(tuple(messages), prefix, tuple(positions))
 
 
 def expected_answer(distribution: dict[str, float]) -> float:

@@ -160,8 +160,10 @@ def test_bad_reads_are_value_errors_and_an_overlong_prompt_is_rejected(chat: Loc
 
 def test_the_prompt_reads_after_each_tokens_tab() -> None:
     prompt = all_at_once_prompt("the word\n fox", FOX)
-    assert [m.role for m in prompt.messages] == ["system", "user", "assistant", "user"]
-    assert prompt.messages[-1].content == "Explanation: the word fox\nTokens:\nThe\n quick\n brown\n fox\n\\n\n jumps"
+    assert [m.role for m in prompt.messages] == ["system", *["user", "assistant"] * 3, "user"]
+    assert prompt.messages[-1].content == "Explanation: the word fox"  # the tokens are in the answer's lines
+    assert prompt.messages[3].content == 'Explanation: the word "cat"'
+    assert prompt.messages[4].content.splitlines()[3:7] == [" dog\t0", " to\t0", " the\t0", " cat\t9"]
     assert f"0 (not at all) to {TOP}" in prompt.messages[0].content
     lines = prompt.assistant_prefix.splitlines()
     assert lines == [f"{t}\t{UNKNOWN}" for t in ("The", " quick", " brown", " fox", "\\n", " jumps")]
@@ -206,7 +208,79 @@ def test_score_simulation_generates_with_a_backend_that_cannot_prefill() -> None
 
 
 def test_a_context_over_the_models_context_raises_and_nothing_is_scored(tmp_path: Path) -> None:
-    small = LocalChat(str(build_chat_model(tmp_path / "small", context=160)), device="cpu", progress=False)
+    # The tiny BPE spells the prompt out: about 570 tokens, plus 30 for SILENT's answer and 400 for LONG's.
+    small = LocalChat(str(build_chat_model(tmp_path / "small", context=800)), device="cpu", progress=False)
     long = Context(tuple(" fox" for _ in range(40)), tuple(1.0 for _ in range(40)), example_id=9)
-    with pytest.raises(PromptRejected, match="over the model's context"):
+    assert asyncio.run(score_simulation(small, "the word fox", [SILENT, SILENT])).n == 6  # the short ones fit
+    with pytest.raises(PromptRejected, match="over the model's context of 800 tokens"):
         asyncio.run(score_simulation(small, "the word fox", [SILENT, long, SILENT]))
+
+
+# --- the packaged models on token-identity features of real text (slow) -------------------------------------------
+
+WORDS = (  # (token, a wrong explanation): the right one is 'the word "<token>"'
+    (" police", 'the word "king"'),
+    (" water", 'the word "house"'),
+    (" people", 'the word "children"'),
+    (" heart", 'the word "police"'),
+)
+
+
+def token_feature(
+    texts: list[list[str]], word: str, *, n_on: int = 6, n_off: int = 6, width: int = 12
+) -> list[Context]:
+    """Windows of real text for a feature that is 1 on the token `word` and 0 elsewhere: up to `n_on` windows
+    where it occurs (past the first 4 tokens, and no other spelling of it), then `n_off` where it does not
+    (" police" occurs in 3 windows of the held-out corpus, the other WORDS in more than 40)."""
+    on: list[Context] = []
+    off: list[Context] = []
+    for tokens in texts:
+        for start in range(0, len(tokens) - width, width):
+            window = tokens[start : start + width]
+            if word in window[4:] and len(on) < n_on and all(t == word or t.strip() != word.strip() for t in window):
+                on.append(Context(tuple(window), tuple(1.0 if t == word else 0.0 for t in window), len(on)))
+            elif word.strip() not in "".join(window) and len(off) < n_off and start % 7 == 0:
+                off.append(Context(tuple(window), tuple(0.0 for _ in window), 100 + len(off)))
+    assert len(on) >= 3 and len(off) == n_off
+    return on + off
+
+
+@pytest.fixture(scope="module")
+def corpus_tokens() -> list[list[str]]:
+    """The packaged corpus's held-out documents as Gemma 3 token strings (the demo SAE's model), 4000 per document."""
+    from trainer.data.corpus import packaged_corpus
+    from trainer.lm.gemma3_gguf import gemma3_270m_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(gemma3_270m_folder(progress=False))
+    texts: list[list[str]] = []
+    for doc in packaged_corpus("heldout"):
+        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"][:4000]
+        texts.append([str(tokenizer.decode([i])) for i in ids])
+    return texts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["smollm2", "gemma3-270m"])
+def test_a_packaged_model_scores_the_right_explanation_of_a_token_feature_above_a_wrong_one(
+    model: str, corpus_tokens: list[list[str]]
+) -> None:
+    # SmolLM2-135M-Instruct with its chat template; Gemma 3 270M is a base model: a plain transcript.
+    template = PLAIN_TRANSCRIPT if model == "gemma3-270m" else None
+    chat = LocalChat(model, device="cpu", progress=False, chat_template=template)
+
+    async def scores(contexts: list[Context], right: str, wrong: str) -> tuple[float, float]:
+        a = await score_simulation(chat, right, contexts)
+        b = await score_simulation(chat, wrong, contexts)
+        assert a.method == b.method == "all-at-once" and not a.failures and a.n == b.n == 12 * len(contexts)
+        assert a.score is not None and b.score is not None  # generation gave None here: nothing parsed
+        return a.score, b.score
+
+    margins = []
+    for word, wrong in WORDS:
+        right_score, wrong_score = asyncio.run(
+            scores(token_feature(corpus_tokens, word), f'the word "{word.strip()}"', wrong)
+        )
+        assert right_score > wrong_score, (word, right_score, wrong_score)
+        margins.append(right_score - wrong_score)
+    # Measured: SmolLM2 +0.07 to +0.23 (mean 0.15), Gemma 3 270M +0.10 to +0.30 (mean 0.20).
+    assert sum(margins) / len(margins) > 0.08
