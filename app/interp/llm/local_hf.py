@@ -200,19 +200,22 @@ class LocalChat:
             rows = [len(prompt) + s - 1 for s in starts]
             if min(rows) < 0:
                 raise PromptRejected(f"{self.name}: the chat template gives an empty prompt; nothing predicts offset 0")
-            keep = sorted(set(rows))
+            keep = torch.tensor(sorted(set(rows)), device=self.device)  # (K,) the read rows: vocab x T is big
+            inputs = {
+                "input_ids": torch.tensor([ids], device=self.device),  # (1, T)
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                "use_cache": False,
+            }
             try:
                 with torch.inference_mode():
-                    out = model(
-                        input_ids=torch.tensor([ids], device=self.device),  # (1, T)
-                        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-                        logits_to_keep=torch.tensor(keep, device=self.device),  # only the read rows: vocab x T is big
-                        use_cache=False,
-                    )
+                    try:
+                        logits = model(**inputs, logits_to_keep=keep).logits[0]  # (K, vocab)
+                    except TypeError:  # an architecture without logits_to_keep: every row, then the read ones
+                        logits = model(**inputs).logits[0, keep]  # (K, vocab)
             except (RuntimeError, ValueError) as exc:  # out of memory, ...
                 raise LLMError(f"{self.name}: the forward pass failed: {one_line(exc)}") from None
-            logits = out.logits[0].float()  # (len(keep), vocab)
-        at = {row: i for i, row in enumerate(keep)}
+            logits = logits.float()
+        at = {row: i for i, row in enumerate(keep.tolist())}
         picked = logits[[at[r] for r in rows]][:, list(chosen.values())]  # (P, C)
         # Renormalised over the candidates: softmax of their logits equals p_c / sum of the candidates' p.
         probs = torch.softmax(picked, dim=-1).tolist()  # (P, C)
