@@ -32,11 +32,11 @@ example's token):
   when the entry is selected, so the activations never need to be read again.
 
 State size, defaults (K = 20 + 10 held out, W = 64, 5 bands of 5 + 2 held out + the internal "at scale" band,
-50 bins, 128 contexts), per feature: top-K windows and places 16,200 B (30 x (64 x 8 + 28)), band windows and
-places 23,016 B (6 x 7 x (64 x 8 + 36)), the rest 480 B, the contexts' fired flags 128 B, i.e. 39,824 B per
-feature (27,720 B before the held-out examples and contexts): 622 MiB for F = 16,384 and 2.43 GiB for F =
+50 bins, 128 contexts), per feature: top-K windows and places 16,320 B (30 x (64 x 8 + 32)), band windows and
+places 23,016 B (6 x 7 x (64 x 8 + 36)), the rest 480 B, the contexts' fired flags 128 B, i.e. 39,944 B per
+feature (27,720 B before the held-out examples and contexts): 624 MiB for F = 16,384 and 2.44 GiB for F =
 65,536, plus 36 kB for the context windows. With `band_window_dtype="float16"` the band windows take 5,376 B
-less (34,448 B per feature). Per batch `update` also makes one masked copy of `acts` and the (N, 3) int64
+less (34,568 B per feature). Per batch `update` also makes one masked copy of `acts` and the (N, 3) int64
 indices of its N non-zeros.
 
 Held-out examples and contexts (for scoring explanations, app.interp) come from the same pass:
@@ -259,6 +259,9 @@ class FeatureStats:
         self.top_doc = torch.full((F, K), -1, dtype=i64, device=dev)
         self.top_start = torch.zeros(F, K, dtype=i32, device=dev)
         self.top_pos = torch.zeros(F, K, dtype=i32, device=dev)
+        # The top-K windows in slots that never move: top_slot (F, K) says which slot holds the entry of each rank,
+        # so that a change of ranks moves K small integers per feature instead of K windows (result() sorts them).
+        self.top_slot = torch.arange(K, dtype=i32, device=dev).repeat(F, 1)  # (F, K)
         self.top_window_tokens = torch.full((F, K, W), -1, dtype=i32, device=dev)
         self.top_window_values = torch.zeros(F, K, W, dtype=f32, device=dev)
 
@@ -373,7 +376,7 @@ class FeatureStats:
     def _update_top(
         self, a: Tensor, token_ids: Tensor, doc_ids: Tensor, seq_max: Tensor, seq_arg: Tensor, seq0: int
     ) -> None:
-        K, W = self._K, self.cfg.window
+        K = self._K
         cand = torch.where(seq_max > 0, seq_max, -torch.inf).T  # (F, B): one candidate per (feature, sequence)
         rows = (cand > self.top_values[:, -1:]).any(1).nonzero().squeeze(1)  # (R,) features whose top-K may change
         if rows.numel() == 0:
@@ -406,17 +409,25 @@ class FeatureStats:
         doc = docs.gather(1, col)  # (R, K)
         start = self.top_start[rows].gather(1, old)  # (R, K)
         pos = self.top_pos[rows].gather(1, old)  # (R, K)
-        old_w = old[:, :, None].expand(-1, -1, W)  # (R, K, W)
-        win_tokens = self.top_window_tokens[rows].gather(1, old_w)  # (R, K, W)
-        win_values = self.top_window_values[rows].gather(1, old_w)  # (R, K, W)
+
+        # Windows stay where they are (top_slot maps rank -> slot): a kept entry keeps its slot, new entries take
+        # the slots freed by the entries that left, in slot order; only the new windows are written.
+        kept = from_state & ~empty  # (R, K)
+        kept_slot = self.top_slot[rows].gather(1, old).long()  # (R, K): valid where kept
+        used = torch.zeros(rows.numel(), K + 1, dtype=torch.bool, device=a.device)
+        used.scatter_(1, torch.where(kept, kept_slot, K), True)  # (R, K + 1): column K collects the rest
+        free = used[:, :K].to(torch.int8).argsort(dim=1, stable=True)  # (R, K): free slots first, ascending
+        nth_free = ((~kept).cumsum(1) - 1).clamp(min=0)  # (R, K): index among the positions without a kept entry
+        slot = torch.where(kept, kept_slot, free.gather(1, nth_free))  # (R, K): a permutation of 0..K-1 per row
 
         nb, nf = b[is_new], f[is_new]  # (n,)
         npos = seq_arg[nb, nf]  # (n,): max position in the sequence
         nstart, ntokens, nvalues = self._windows(a, token_ids, nb, npos, nf)
         start[is_new] = nstart.to(torch.int32)
         pos[is_new] = (npos - nstart).to(torch.int32)
-        win_tokens[is_new] = ntokens
-        win_values[is_new] = nvalues
+        n_slot = slot[is_new]  # (n,)
+        self.top_window_tokens[nf, n_slot] = ntokens
+        self.top_window_values[nf, n_slot] = nvalues
 
         # All of these are fresh tensors (gather / where), so they can be filled in place.
         self.top_values[rows] = new_vals
@@ -424,8 +435,7 @@ class FeatureStats:
         self.top_doc[rows] = doc.masked_fill_(empty, -1)
         self.top_start[rows] = start.masked_fill_(empty, 0)
         self.top_pos[rows] = pos.masked_fill_(empty, 0)
-        self.top_window_tokens[rows] = win_tokens.masked_fill_(empty[:, :, None], -1)
-        self.top_window_values[rows] = win_values.masked_fill_(empty[:, :, None], 0.0)
+        self.top_slot[rows] = slot.to(torch.int32)
 
     def _draw_keys(self, n: int) -> Tensor:
         """(n,) int64 uniform reservoir keys in [0, 2**KEY_BITS), one per firing token in row-major order."""
@@ -590,7 +600,11 @@ class FeatureStats:
             out[:, -1] = last.gather(1, idx)
             return out.cpu()  # out is already a copy
 
-        top = {name: _cpu(getattr(self, f"top_{name}")) for name in _EXAMPLE_FIELDS}  # (F, K + H, ...)
+        top = {name: _cpu(getattr(self, f"top_{name}")) for name in _EXAMPLE_FIELDS[:5]}  # (F, K + H)
+        slot = self.top_slot.long()[:, :, None].expand(-1, -1, self.cfg.window)  # (F, K + H, W)
+        hole = (self.top_seq < 0)[:, :, None]  # (F, K + H, 1): empty ranks hold no window
+        top["window_tokens"] = self.top_window_tokens.gather(1, slot).masked_fill_(hole, -1).cpu()
+        top["window_values"] = self.top_window_values.gather(1, slot).masked_fill_(hole, 0.0).cpu()
         band = {name: bands(getattr(self, f"band_{name}")) for name in _EXAMPLE_FIELDS}  # (F, nb, R, ...)
         held_top = {name: t[:, K:].clone() for name, t in top.items()}  # (F, H, ...)
         held_band = {name: t[:, :, R_shown:].clone() for name, t in band.items()}  # (F, nb, R - R_shown, ...)
