@@ -225,3 +225,20 @@ def test_bad_requests_are_clear_errors(registered: tuple[Engine, Any], long_chat
     with pytest.raises(NotFound, match="no SAE named 'nope'"):
         explain_sae(engine, "nope", backend=backend, features=[1])
     assert _rows(engine) == {}
+
+
+@pytest.mark.slow
+def test_the_offline_default_explains_and_every_score_is_stored(indexed: tuple[Engine, Any]) -> None:
+    """The packaged SmolLM2-135M-Instruct (converted once into the user cache): answers that parse, so the
+    explanation and its three scores on held-out examples reach the store (about 10 s per feature here)."""
+    engine, _ = indexed
+    backend = LocalChat(None, device="cpu", progress=False)
+    summary = explain_sae(engine, "tiny", backend=backend, sample=2, options=small_options())
+    assert summary.done == 2 and summary.errors == 0 and summary.ok >= 1
+    rows = [r for r in _rows(engine).values() if r.status == "ok"]
+    assert rows and all(r.llm == backend.name for r in rows)
+    for row in rows:
+        assert row.text and {s.kind for s in row.scores} == {"simulation", "detection", "fuzzing"}
+        sim = next(s for s in row.scores if s.kind == "simulation")
+        assert sim.n > 0 and sim.score is not None and -1.0 <= sim.score <= 1.0 and sim.raw
+    assert summary.scores["simulation"] and summary.mean("simulation") is not None
