@@ -88,34 +88,9 @@ class RemoteEncoder:
         """POST body to the worker; its `results` as TextEncodings, or the errors of the class docstring.
 
         `unknown` names what a 404 means the worker's store lacks."""
-        import httpx
-
-        url = f"{self.base_url}{path}"
         try:
-            reply = await self._http().post(url, json=body)
-        except httpx.HTTPError as err:
-            raise EncoderUnavailable(
-                f"encoder worker at {self.base_url} is unreachable: {type(err).__name__}: {err}"
-            ) from err
-        if reply.status_code == 422:
-            raise EncodeError(_detail(reply))
-        if reply.status_code in (401, 403):
-            why = "this server sends no token" if not self._headers else "this server's token is not the worker's"
-            raise EncoderUnavailable(
-                f"encoder worker at {self.base_url} refused this server ({reply.status_code}): {why}; set the same "
-                "JUMPSCOPE_WORKER_TOKEN for `jumpscope serve` and `jumpscope worker`"
-            )
-        if reply.status_code == 404:
-            raise EncoderUnavailable(
-                f"encoder worker at {self.base_url} has {unknown}: the web server and the worker "
-                "must use the same database (DATABASE_URL)"
-            )
-        if reply.status_code != 200:
-            raise EncoderUnavailable(
-                f"encoder worker at {self.base_url} answered {reply.status_code} to POST {path}: {_detail(reply)}"
-            )
-        try:
-            results = (await asyncio.to_thread(reply.json))["results"]  # megabytes of JSON: off the event loop
+            results = (await self._post_json(path, body, f"{unknown}: the web server and the worker must use "
+                                             "the same database (DATABASE_URL)"))["results"]  # fmt: skip
             return [
                 TextEncoding(
                     tokens=list(r["tokens"]),
@@ -126,23 +101,12 @@ class RemoteEncoder:
                 )
                 for r in results
             ]
-        except (ValueError, KeyError, TypeError) as err:
+        except (KeyError, TypeError) as err:
             raise EncoderUnavailable(f"encoder worker at {self.base_url} sent a malformed reply: {err}") from err
 
-    async def health(self) -> str:
-        """'ok' if GET {base_url}/healthz answers {"status": "ok"}, else 'unavailable'."""
-        import httpx
-
-        try:
-            reply = await self._http().get(f"{self.base_url}/healthz")
-            ok = reply.status_code == 200 and reply.json().get("status") == "ok"
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return "unavailable"
-        return "ok" if ok else "unavailable"
-
-    async def post_json(self, path: str, body: dict[str, Any], *, sae: str) -> Any:
-        """POST body to {base_url}{path} (another worker endpoint of SAE `sae`, e.g. steering): the reply's JSON,
-        or the errors of the class docstring (422 -> EncodeError, anything else but 200 -> EncoderUnavailable)."""
+    async def _post_json(self, path: str, body: dict[str, Any], unknown: str) -> Any:
+        """POST body to {base_url}{path}: the reply's JSON (parsed off the event loop: it may be megabytes),
+        or EncodeError (422) / EncoderUnavailable (unreachable, refused, 404: the worker has `unknown`, other)."""
         import httpx
 
         try:
@@ -160,10 +124,7 @@ class RemoteEncoder:
                 "JUMPSCOPE_WORKER_TOKEN for `jumpscope serve` and `jumpscope worker`"
             )
         if reply.status_code == 404:
-            raise EncoderUnavailable(
-                f"encoder worker at {self.base_url} has no SAE named {sae!r} or no POST {path} (an older worker): "
-                "the web server and the worker must use the same database (DATABASE_URL) and version"
-            )
+            raise EncoderUnavailable(f"encoder worker at {self.base_url} has {unknown}")
         if reply.status_code != 200:
             raise EncoderUnavailable(
                 f"encoder worker at {self.base_url} answered {reply.status_code} to POST {path}: {_detail(reply)}"
@@ -172,6 +133,25 @@ class RemoteEncoder:
             return await asyncio.to_thread(reply.json)
         except ValueError as err:
             raise EncoderUnavailable(f"encoder worker at {self.base_url} sent a malformed reply: {err}") from err
+
+    async def health(self) -> str:
+        """'ok' if GET {base_url}/healthz answers {"status": "ok"}, else 'unavailable'."""
+        import httpx
+
+        try:
+            reply = await self._http().get(f"{self.base_url}/healthz")
+            ok = reply.status_code == 200 and reply.json().get("status") == "ok"
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return "unavailable"
+        return "ok" if ok else "unavailable"
+
+    async def post_json(self, path: str, body: dict[str, Any], *, sae: str) -> Any:
+        """POST body to {base_url}{path} (another worker endpoint of SAE `sae`, e.g. steering): the reply's JSON,
+        or the errors of the class docstring (422 -> EncodeError, anything else but 200 -> EncoderUnavailable)."""
+        return await self._post_json(
+            path, body, f"no SAE named {sae!r} or no POST {path} (an older worker): the web server and the worker "
+            "must use the same database (DATABASE_URL) and version"
+        )  # fmt: skip
 
 
 def _detail(reply: Any) -> str:

@@ -194,7 +194,7 @@ def _convert_gemma3_270m(root: Path, folder: Path, *, progress: bool) -> None:
             gguf_model = AutoModelForCausalLM.from_pretrained(build, gguf_file=gguf_path.name, dtype=torch.float32)
             bar.update()
             bar.set_postfix_str(steps[3])
-            model = _fresh_copy(gguf_model)
+            model = dequantized_copy(gguf_model)
             del gguf_model
             gguf_path.unlink()
             bar.update()
@@ -231,8 +231,10 @@ def _convert_gemma3_270m(root: Path, folder: Path, *, progress: bool) -> None:
     log.info("converted %s into %s in %.1f s", DEFAULT_MODEL, folder, time.perf_counter() - start)
 
 
-def _fresh_copy(gguf_model: Any) -> Any:
-    """A plain fp32 model built from the GGUF model's config and loaded with its (dequantized) weights."""
+def dequantized_copy(gguf_model: Any, name: str = DEFAULT_MODEL) -> Any:
+    """A plain fp32 model built from a GGUF-loaded model's config and loaded with its (dequantized) weights,
+    which save_pretrained accepts (a GGUF-loaded model refuses it); `name` is the model named in errors.
+    Also used for the packaged SmolLM2 (app/interp/llm/packaged.py)."""
     from transformers import AutoModelForCausalLM
 
     config_dict = gguf_model.config.to_dict()
@@ -247,14 +249,14 @@ def _fresh_copy(gguf_model: Any) -> Any:
     missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
     if missing or result.unexpected_keys:
         raise ModelError(
-            f"converting {DEFAULT_MODEL!r}: the GGUF weights do not fit the model "
+            f"converting {name!r}: the GGUF weights do not fit the model "
             f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
     if tied and model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
-        raise ModelError(f"converting {DEFAULT_MODEL!r}: the output embedding is not tied to the input embedding")
+        raise ModelError(f"converting {name!r}: the output embedding is not tied to the input embedding")
     for key, value in model.state_dict().items():
         if value.dtype != torch.float32 or not torch.equal(value, state[key]):
-            raise ModelError(f"converting {DEFAULT_MODEL!r}: {key} differs from the GGUF weights after loading")
+            raise ModelError(f"converting {name!r}: {key} differs from the GGUF weights after loading")
     model.eval()
     return model
 

@@ -30,7 +30,7 @@ import torch
 from trainer.atomic import atomic_write_text
 from trainer.lm.cache_dir import CACHE_ENV, default_cache_dir
 from trainer.lm.errors import ModelError, one_line
-from trainer.lm.gemma3_gguf import read_marker, sentence_loss
+from trainer.lm.gemma3_gguf import dequantized_copy, read_marker, sentence_loss
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _convert(gguf: Path, digest: str, root: Path, folder: Path, *, progress: boo
             gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             bar.update()
             bar.set_postfix_str(steps[2])
-            model = dequantized_copy(gguf_model)  # a GGUF-loaded model refuses save_pretrained
+            model = dequantized_copy(gguf_model, DEFAULT_LLM)  # a GGUF-loaded model refuses save_pretrained
             del gguf_model
             bar.update()
             bar.set_postfix_str(steps[3])
@@ -181,29 +181,6 @@ def _convert(gguf: Path, digest: str, root: Path, folder: Path, *, progress: boo
         bar.close()
         shutil.rmtree(build, ignore_errors=True)
     log.info("converted %s into %s in %.1f s", DEFAULT_LLM, folder, time.perf_counter() - start)
-
-
-def dequantized_copy(gguf_model: Any) -> Any:
-    """A plain fp32 model with the GGUF model's config and (dequantized) weights, which save_pretrained accepts."""
-    from transformers import AutoModelForCausalLM
-
-    config_dict = gguf_model.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config_dict.pop("_name_or_path", None)
-    config_dict["dtype"] = "float32"
-    config = type(gguf_model.config).from_dict(config_dict)
-    model: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = gguf_model.state_dict()
-    result = model.load_state_dict(state, strict=False)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
-    if missing or result.unexpected_keys:
-        raise ModelError(
-            f"converting {DEFAULT_LLM!r}: the GGUF weights do not fit the model "
-            f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
-    model.eval()
-    return model
 
 
 def _check(folder: Path) -> dict[str, Any]:
