@@ -159,3 +159,46 @@ def jumpscope_serve(url: str, folder: Path, *args: str) -> Iterator[Served]:
     finally:
         proc.terminate()
         served.output = proc.communicate(timeout=30)[0]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's Chromium: the browser tests drive it through playwright (never `playwright install`)."""
+BROWSER_TIMEOUT_MS = 60_000
+
+
+def require_chromium() -> Any:
+    """playwright's sync API, or skip the calling test module (call it at module level)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver", allow_module_level=True)
+    return sync_api
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium, one per test module."""
+    with require_chromium().sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) that accepts downloads."""
+    ctx = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+    ctx.set_default_timeout(BROWSER_TIMEOUT_MS)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context: Any) -> Iterator[Any]:
+    """A page in a fresh context; a JavaScript error on it fails the test."""
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    assert not errors, errors

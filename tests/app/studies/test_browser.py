@@ -17,15 +17,12 @@ from sqlalchemy import select
 from app.core.database import session_scope
 from app.core.tables import Feature, SAERow
 from app.web.forms import RATER_COOKIE, cookie_value
-from tests.app.conftest import jumpscope_serve
+from tests.app.conftest import BROWSER_TIMEOUT_MS, jumpscope_serve, require_chromium
 from tests.app.studies.conftest import FIG6, STUDY, Store, post_ratings
 
-CHROMIUM = Path("/usr/bin/chromium")
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
-if not CHROMIUM.exists():
-    pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver", allow_module_level=True)
+require_chromium()  # skips this module without playwright or Chromium
 
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
 
 @pytest.fixture(scope="module")
@@ -43,35 +40,6 @@ def indexed_server(shared_index: Any) -> Iterator[str]:
     url, _, _, folder = shared_index
     with jumpscope_serve(url, folder) as served:
         yield served.base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def context(browser: Any) -> Iterator[Any]:
-    """A fresh browser context (no cookies) that accepts downloads."""
-    ctx = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def page(context: Any) -> Iterator[Any]:
-    """A page whose JavaScript errors fail the test."""
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    assert not errors, errors
 
 
 @pytest.mark.slow

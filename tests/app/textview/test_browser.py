@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.app.conftest import SENTENCE, jumpscope_serve
+from tests.app.conftest import BROWSER_TIMEOUT_MS, SENTENCE, jumpscope_serve, require_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
-if not CHROMIUM.exists():
-    pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver", allow_module_level=True)
+require_chromium()  # skips this module without playwright or Chromium
 
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 TRANSPARENT = ("rgba(0, 0, 0, 0)", "transparent")
 LABEL = "Text to run through the model and the SAE"
 
@@ -33,29 +29,6 @@ def server(text_store: Any) -> Iterator[str]:
     url, _, _, folder = text_store
     with jumpscope_serve(url, folder) as served:
         yield served.base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh context and page; a JS error fails the test."""
-    context = browser.new_context(viewport={"width": 1366, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    context.close()
-    assert not errors, errors
 
 
 def coloured(page: Any) -> list[int]:

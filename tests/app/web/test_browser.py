@@ -21,14 +21,11 @@ from sqlalchemy import select
 
 from app.core.database import session_scope
 from app.core.tables import Feature, Rating, SAERow
-from tests.app.conftest import jumpscope_serve
+from tests.app.conftest import BROWSER_TIMEOUT_MS, jumpscope_serve, require_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
-if not CHROMIUM.exists():
-    pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver", allow_module_level=True)
+require_chromium()  # skips this module without playwright or Chromium
 
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
 
 @pytest.fixture(scope="module")
@@ -37,29 +34,6 @@ def server(shared_index: Any) -> Iterator[str]:
     url, _, _, folder = shared_index
     with jumpscope_serve(url, folder) as served:
         yield served.base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh browser context (no cookies) and page; failing JS errors fail the test."""
-    context = browser.new_context(viewport={"width": 1366, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    context.close()
-    assert not errors, errors
 
 
 def busiest_feature(shared_index: Any) -> int:
