@@ -13,7 +13,7 @@ from rich.table import Table
 from app.core.commands import console, parse_overrides
 from trainer.device import Device
 
-QUICK = {"width": 2048, "train_tokens": 300_000, "batch_size": 1024, "eval_tokens": 30_000, "lm_tokens": 2_048}
+QUICK = {"width": 2048, "train_tokens": 300_000, "batch_size": 512, "eval_tokens": 30_000, "lm_tokens": 2_048}
 """--quick: smaller SAEs on fewer tokens (with trainer.sweep.grid.QUICK_GRID)."""
 TINY = {"width": 64, "train_tokens": 16_384, "batch_size": 1024, "eval_tokens": 4_096, "lm_tokens": 512}
 """--tiny: a plumbing check on the tiny random Gemma 2 (numbers mean nothing)."""
@@ -58,7 +58,9 @@ def sweep_command(
     train_tokens: Annotated[
         int | None, typer.Option(help="Tokens each SAE trains on, harvested once (default 1,500,000; --quick 300,000).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Tokens per optimiser step (default 4096).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Tokens per optimiser step (default 4096; --quick 512).")
+    ] = None,
     eval_tokens: Annotated[
         int | None, typer.Option(help="Held-out activations for L0, FVU, dead and dense (default 100,000).")
     ] = None,
