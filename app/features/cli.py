@@ -28,6 +28,19 @@ def index(
     bands: Annotated[int, typer.Option(help="Lower activation bands (equal-width intervals).")] = 5,
     band_size: Annotated[int, typer.Option(help="Examples sampled uniformly per band.")] = 5,
     bins: Annotated[int, typer.Option(help="Activation histogram bins (even).")] = 50,
+    heldout_top: Annotated[
+        int, typer.Option(help="Top examples kept past --top-k, never shown: `jumpscope explain` scores on them.")
+    ] = 10,
+    heldout_band: Annotated[
+        int, typer.Option(help="Band samples kept per band past --band-size, never shown (scored on, likewise).")
+    ] = 2,
+    contexts: Annotated[
+        int,
+        typer.Option(
+            help="Random context windows kept with the features firing in each: the scores' non-activating "
+            "examples (0: none)."
+        ),
+    ] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the band sampling.")] = 0,
     device: Annotated[Device, typer.Option(help="auto uses CUDA when present.")] = "auto",
     activations: Annotated[
@@ -52,7 +65,9 @@ def index(
     from trainer.data.activations import ActivationError
 
     checks = [("--tokens", tokens, 1), ("--top-k", top_k, 1), ("--window", window, 1), ("--bands", bands, 1),
-              ("--band-size", band_size, 1), ("--bins", bins, 2), ("--model-batch", model_batch, 1)]  # fmt: skip
+              ("--band-size", band_size, 1), ("--bins", bins, 2), ("--model-batch", model_batch, 1),
+              ("--heldout-top", heldout_top, 0), ("--heldout-band", heldout_band, 0),
+              ("--contexts", contexts, 0)]  # fmt: skip
     for flag, value, least in checks:
         if value < least:
             raise fail(f"{flag} must be at least {least}, got {value}")
@@ -67,7 +82,8 @@ def index(
     opts = IndexOptions(
         tokens=tokens, dataset=dataset, text_column=text_column, split=split, context_size=context_size,
         batch_sequences=model_batch, device=device, progress=True, activations=activations,
-        stats=StatsConfig(top_k=top_k, window=window, n_bands=bands, band_size=band_size, n_bins=bins, seed=seed),
+        stats=StatsConfig(top_k=top_k, window=window, n_bands=bands, band_size=band_size, n_bins=bins, seed=seed,
+                          heldout_top=heldout_top, heldout_band=heldout_band, contexts=contexts),
     )  # fmt: skip
 
     def terminate(_signum: int, _frame: Any) -> None:

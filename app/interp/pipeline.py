@@ -94,7 +94,11 @@ class ExplainOptions:
     retry_failed: bool = False
     """Explain again the features whose earlier answer held no explanation (status failed)."""
     max_consecutive_errors: int = 3
-    """LLM errors on this many features in a row stop the run (LLMUnavailable)."""
+    """LLM errors on this many features in a row (in the order they finish) stop the run (LLMUnavailable)."""
+    features_in_flight: int | None = None
+    """Features explained and scored at once. None: the backend's `concurrency` (an OpenAI-compatible
+    endpoint's requests in flight, so that it stays busy between one feature's phases), 1 for a backend
+    without one (an in-process model answers one request at a time anyway)."""
 
     def __post_init__(self) -> None:
         for name in ("shown_top", "shown_band", "score_top", "score_band", "score_non_activating", "context_before",
@@ -105,6 +109,8 @@ class ExplainOptions:
             raise ValueError("shown_top + shown_band must be at least 1: the explainer needs an example")
         if self.max_consecutive_errors < 1:
             raise ValueError(f"max_consecutive_errors must be at least 1, got {self.max_consecutive_errors}")
+        if self.features_in_flight is not None and self.features_in_flight < 1:
+            raise ValueError(f"features_in_flight must be at least 1, got {self.features_in_flight}")
         unknown = [k for k in self.scores if k not in SCORE_KINDS]
         if unknown:
             raise ValueError(f"scores: unknown {', '.join(unknown)} (known: {', '.join(SCORE_KINDS)})")
@@ -129,7 +135,7 @@ class ExplainSummary:
     errors: int = 0
     """Attempts the LLM gave no answer to."""
     seconds: float = 0.0
-    """Wall time of the features done in this run."""
+    """Wall time of this run's features, from the first start to the last finish (they may overlap)."""
     scores: dict[str, list[float]] = field(default_factory=lambda: {kind: [] for kind in SCORE_KINDS})
     """The defined scores computed in this run, per kind."""
     baseline: ExplainSummary | None = None
@@ -287,7 +293,6 @@ async def _explain_feature(run: _Run, feature: int) -> ExplanationStatus:
             prompt_version=PROMPT_VERSION, status=status, text=text, raw=raw, error=error, shown_ids=shown_ids,
             seconds=seconds, scores=records if status == "ok" else (),
         )  # fmt: skip
-    summary.seconds += seconds
     if status == "ok":
         summary.ok += 1
         for r in records:
@@ -321,20 +326,35 @@ async def _explain_all(
     stage = f"explain {name}"
     if progress is not None:
         progress(stage, summary.skipped, len(features))
+    in_flight = opts.features_in_flight or max(1, int(getattr(backend, "concurrency", 1)))
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one(feature: int) -> tuple[int, ExplanationStatus]:
+        async with slots:
+            return feature, await _explain_feature(run, feature)
+
+    start = time.perf_counter()
+    tasks = [asyncio.ensure_future(one(f)) for f in todo]
     in_a_row = 0
-    for feature in todo:
-        status = await _explain_feature(run, feature)
-        in_a_row = in_a_row + 1 if status == "error" else 0
-        if progress is not None:
-            progress(stage, summary.skipped + summary.done, len(features))
-        if in_a_row >= opts.max_consecutive_errors:
-            last = _last_error(engine, sae_id, feature, backend.name)
-            raise LLMUnavailable(
-                f"the LLM {backend.name} gave no answer for {in_a_row} features in a row (last: {last}); "
-                f"{summary.skipped + summary.ok + summary.failed} of the {len(features)} features of {name} are "
-                "explained and stored: fix the endpoint and run the same command again to resume",
-                summary,
-            )
+    try:
+        for finished in asyncio.as_completed(tasks):
+            feature, status = await finished
+            summary.seconds = time.perf_counter() - start
+            in_a_row = in_a_row + 1 if status == "error" else 0
+            if progress is not None:
+                progress(stage, summary.skipped + summary.done, len(features))
+            if in_a_row >= opts.max_consecutive_errors:
+                last = _last_error(engine, sae_id, feature, backend.name)
+                raise LLMUnavailable(
+                    f"the LLM {backend.name} gave no answer for {in_a_row} features in a row (last: {last}); "
+                    f"{summary.skipped + summary.ok + summary.failed} of the {len(features)} features of {name} "
+                    "are explained and stored: fix the endpoint and run the same command again to resume",
+                    summary,
+                )
+    finally:  # stopped (LLMUnavailable, Ctrl-C): features not started never start; what finished is stored
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return summary
 
 

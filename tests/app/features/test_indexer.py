@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from app.catalog.saes import import_sae
 from app.catalog.vocab import unpack
 from app.cli import app
 from app.core.database import session_scope
-from app.core.tables import Example, Feature, IndexRun, Model, SAERow
+from app.core.tables import Example, Feature, IndexContext, IndexRun, Model, SAERow
 from app.features.indexer import IndexOptions, index_sae
 from tests.app.conftest import CONTEXT, D_SAE, random_jumprelu
 from trainer.analysis.feature_stats import StatsConfig
@@ -192,13 +193,21 @@ def test_a_killed_run_is_invisible_and_cleaned_by_the_next(registered: tuple[Eng
 def test_index_command_and_its_errors(registered: tuple[Engine, Any], db_url: str, tmp_path: Path) -> None:
     runner = CliRunner()
     env = {"DATABASE_URL": db_url, "JUMPSCOPE_DATA_DIR": str(tmp_path / "data")}
-    args = ["index", "tiny", "--tokens", "500", "--context-size", "48", "--device", "cpu", "--top-k", "3"]
+    args = ["index", "tiny", "--tokens", "500", "--context-size", "48", "--device", "cpu", "--top-k", "3",
+            "--heldout-top", "0", "--heldout-band", "1", "--contexts", "4"]  # fmt: skip
     result = runner.invoke(app, args, env=env)
     assert result.exit_code == 0, result.output
     assert "indexed tiny" in result.output and "tok/s" in result.output
+    with session_scope(registered[0]) as session:  # the held-out sizes asked for
+        heldout = session.execute(select(Example.band, Example.feature_index).where(Example.split == "heldout")).all()
+        assert heldout and all(band >= 0 for band, _ in heldout)  # no held-out top example, band samples only
+        per_band = Counter(heldout)
+        assert max(per_band.values()) == 1
+        assert 0 < session.scalar(select(func.count()).select_from(IndexContext)) <= 4
     for bad, message in [
         (["index", "nope"], "no SAE named 'nope'"),
         (["index", "tiny", "--bins", "7"], "--bins must be even"),
+        (["index", "tiny", "--contexts", "-1"], "--contexts must be at least 0"),
         (["index", "tiny", "--tokens", "0"], "--tokens must be at least 1"),
         (["index", "tiny", "--dataset", str(tmp_path / "missing.txt")], "missing.txt"),
     ]:

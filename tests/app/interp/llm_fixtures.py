@@ -107,6 +107,10 @@ class Scripted:
     base: str
     script: list[Reply]
     seen: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    """Requests being answered now."""
+    max_in_flight: int = 0
+    """The most requests it was answering at once."""
 
 
 def completion(text: str = "hello", **extra: Any) -> dict[str, Any]:
@@ -131,7 +135,11 @@ def scripted_server(script: list[Reply]) -> Iterator[Scripted]:
             with lock:
                 state.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 reply = state.script.pop(0) if state.script else Reply(500, {"error": {"message": "script ended"}})
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
             time.sleep(reply.delay_s)
+            with lock:
+                state.in_flight -= 1
             payload = reply.body
             data = json.dumps(payload).encode() if isinstance(payload, dict | list) else payload
             data = data.encode() if isinstance(data, str) else (data or b"")

@@ -97,7 +97,8 @@ def test_an_llm_failure_mid_run_is_stored_and_the_run_goes_on(indexed: tuple[Eng
               Reply(200, completion("Explanation: foxes and dogs"))]  # fmt: skip
     with scripted_server(script) as server:
         backend = backend_from_spec(server.base, model="m", settings=settings)
-        summary = explain_sae(engine, "tiny", backend=backend, features=features, options=small_options(scores=()),
+        one_at_a_time = small_options(scores=(), features_in_flight=1)  # the script answers in feature order
+        summary = explain_sae(engine, "tiny", backend=backend, features=features, options=one_at_a_time,
                               close_backend=False)  # fmt: skip
         assert (summary.errors, summary.ok, summary.failed) == (1, 1, 1) and len(server.seen) == 3
         rows = _rows(engine)
@@ -106,10 +107,33 @@ def test_an_llm_failure_mid_run_is_stored_and_the_run_goes_on(indexed: tuple[Eng
         assert second.status == "ok" and second.text == "the word fox"
         assert third.status == "failed" and third.error == "empty answer" and third.raw == "   "
         # the next run of the same LLM tries the feature it did not answer, and only that one
-        again = explain_sae(engine, "tiny", backend=backend, features=features, options=small_options(scores=()))
+        again = explain_sae(engine, "tiny", backend=backend, features=features, options=one_at_a_time)
         assert len(server.seen) == 4
     assert (again.skipped, again.ok) == (2, 1)
     assert _rows(engine)[features[0]].text == "foxes and dogs"
+
+
+def test_an_endpoint_explains_several_features_at_once_and_stops_on_errors_in_a_row(
+    indexed: tuple[Engine, Any],
+) -> None:
+    """Features in flight follow the endpoint's concurrency; when it fails on max_consecutive_errors features
+    in a row the run stops, the features it finished are stored and the rest are never started."""
+    engine, _ = indexed
+    features = _live(engine, 8)
+    settings = Settings(llm_max_retries=0, llm_timeout_s=10, llm_concurrency=4)
+    answers = [Reply(200, completion(f"Explanation: pattern {i}"), delay_s=0.3) for i in range(4)]
+    down = [Reply(503, {"error": {"message": "the server is restarting"}}, delay_s=0.3)] * 4
+    with scripted_server(answers + down) as server:
+        backend = backend_from_spec(server.base, model="m", settings=settings)
+        with pytest.raises(LLMUnavailable, match="3 features in a row") as stopped:
+            explain_sae(engine, "tiny", backend=backend, features=features, options=small_options(scores=()))
+        assert server.max_in_flight == 4  # four features asked at once, the endpoint's concurrency
+        assert len(server.seen) == 8  # the four answered, then one round that failed: nothing more started
+    summary = stopped.value.summary
+    assert summary.ok == 4 and summary.errors >= 3 and summary.seconds > 0
+    rows = _rows(engine)
+    assert sorted(r.text or "" for r in rows.values() if r.status == "ok") == [f"pattern {i}" for i in range(4)]
+    assert len(rows) <= 8 and all(r.status in ("ok", "error") for r in rows.values())
 
 
 @pytest.fixture
@@ -143,9 +167,9 @@ def test_an_endpoint_that_is_down_stops_the_run_and_loses_nothing(
     before = {f: (r.id, r.status, r.text, [(s.kind, s.score) for s in r.scores]) for f, r in _rows(engine).items()}
     proc.terminate()
     proc.communicate(timeout=30)
-    with pytest.raises(LLMUnavailable) as err:
+    with pytest.raises(LLMUnavailable) as err:  # one feature at a time: exactly which fail is known
         explain_sae(engine, "tiny", backend=backend_from_spec(url, model=str(long_chat_dir), settings=settings),
-                    features=features, options=small_options())  # fmt: skip
+                    features=features, options=small_options(features_in_flight=1))  # fmt: skip
     message = str(err.value)
     assert "gave no answer for 3 features in a row" in message and "run the same command again" in message
     assert "2 of the 6 features of tiny are explained and stored" in message
