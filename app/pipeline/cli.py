@@ -122,7 +122,8 @@ def train(
         Recipe,
         typer.Option(
             help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run, decoder "
-            "rows started at centred activations, JumpReLU thresholds at a 1% firing rate."
+            "rows started at centred activations, JumpReLU thresholds at a 1% firing rate, AuxK on JumpReLU's "
+            "dead latents (dead_aux 1/32)."
         ),
     ] = "paper",
     bandwidth: Annotated[
