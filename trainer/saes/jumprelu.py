@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.saes import sparse
+from trainer.saes.aux_loss import aux_loss
 from trainer.saes.base import SAE, StepOutput
 from trainer.saes.config import SAEConfig
 
@@ -192,9 +193,7 @@ class JumpReLUSAE(SAE):
         f_aux = torch.zeros_like(pre).scatter_(-1, picked, torch.relu(values))  # (B, n_dead)
         residual = x.float() - x_hat.float()  # (B, d_in), detached by the caller
         residual_hat = f_aux @ self.W_dec[dead].float()  # (B, d_in), no bias: it models a residual
-        err = (residual_hat - residual).pow(2).sum(-1).mean()
-        var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return torch.nan_to_num(err / var)
+        return aux_loss(residual_hat, residual)
 
     @torch.no_grad()
     def init_thresholds(self, theta: Tensor, latents: Tensor | None = None) -> None:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from trainer.saes import sparse
+from trainer.saes.aux_loss import aux_loss
 from trainer.saes.base import SAE, StepOutput
 
 
@@ -109,13 +110,6 @@ class TopKSAE(SAE):
         n_dead = int(dead.sum())
         return dead, min(self.cfg.resolved_k_aux, n_dead)
 
-    @staticmethod
-    def _aux_loss(residual_hat: Tensor, residual: Tensor) -> Tensor:
-        """AuxK: the residual's squared error over its variance (nan_to_num, as OpenAI's code)."""
-        err = (residual_hat - residual).pow(2).sum(-1).mean()
-        var = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return torch.nan_to_num(err / var)
-
     def training_step(self, x: Tensor, coeff: float) -> StepOutput:
         pre = self.pre_acts(x)  # (B, d_sae)
         f = self._topk(pre, self.cfg.k)
@@ -128,7 +122,7 @@ class TopKSAE(SAE):
             dead_pre = pre.masked_fill(~dead, float("-inf"))
             f_aux = self._topk(dead_pre, k_aux)
             residual_hat = f_aux @ self.W_dec  # (B, d_in), no bias: it models a residual
-            aux = self._aux_loss(residual_hat, residual)
+            aux = aux_loss(residual_hat, residual)
         sparsity = (f.detach() > 0).sum(-1, dtype=f.dtype).mean()
         return StepOutput(mse + coeff * aux, mse, sparsity, aux, x_hat.detach(), f.detach() > 0)
 
@@ -143,6 +137,6 @@ class TopKSAE(SAE):
         mse = (x_hat - x).pow(2).sum(-1).mean()
         aux = mse.new_zeros(())
         if k_aux > 0:
-            aux = self._aux_loss(residual_hat, (x - x_hat).detach())  # residual_hat (B, d_in), no bias
+            aux = aux_loss(residual_hat, (x - x_hat).detach())  # residual_hat (B, d_in), no bias
         sparsity = l0.mean()
         return StepOutput(mse + coeff * aux, mse, sparsity, aux, x_hat.detach(), active)

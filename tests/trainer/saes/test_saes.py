@@ -645,3 +645,18 @@ def test_jumprelu_dead_aux_trains_only_dead_latents_towards_the_residual() -> No
 def test_dead_aux_out_of_range_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="dead_aux"):
         tiny_sae_cfg(d_in=16, d_sae=32, dead_aux=-1.0)
+
+
+def test_aux_loss_normalises_by_the_residual_variance() -> None:
+    """AuxK's normaliser E||r - E r||^2, here on one process (under torchrun: the global batch's, see
+    tests/app/pipeline/test_cli.py's DDP test), also for a residual far from zero mean."""
+    from trainer.saes.aux_loss import aux_loss, residual_variance
+
+    gen = torch.Generator().manual_seed(0)
+    residual = torch.randn(64, 8, generator=gen) * 0.5 + 300.0  # (B, d_in)
+    centred = (residual.double() - residual.double().mean(0)).pow(2).sum(-1).mean()
+    torch.testing.assert_close(residual_variance(residual).double(), centred, rtol=1e-6, atol=0)
+    guess = torch.randn(64, 8, generator=gen)
+    err = (guess - residual).pow(2).sum(-1).mean()
+    torch.testing.assert_close(aux_loss(guess, residual), (err / centred).float(), rtol=1e-5, atol=0)
+    assert aux_loss(residual, residual) == 0
