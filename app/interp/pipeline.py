@@ -97,8 +97,8 @@ class ExplainOptions:
     """LLM errors on this many features in a row (in the order they finish) stop the run (LLMUnavailable)."""
     features_in_flight: int | None = None
     """Features explained and scored at once. None: the backend's `concurrency` (an OpenAI-compatible
-    endpoint's requests in flight, so that it stays busy between one feature's phases), 1 for a backend
-    without one (an in-process model answers one request at a time anyway)."""
+    endpoint's requests in flight, so that it stays busy between one feature's phases; 1 for an
+    in-process model, which answers one request at a time anyway)."""
 
     def __post_init__(self) -> None:
         for name in ("shown_top", "shown_band", "score_top", "score_band", "score_non_activating", "context_before",
@@ -326,7 +326,7 @@ async def _explain_all(
     stage = f"explain {name}"
     if progress is not None:
         progress(stage, summary.skipped, len(features))
-    in_flight = opts.features_in_flight or max(1, int(getattr(backend, "concurrency", 1)))
+    in_flight = opts.features_in_flight or max(1, backend.concurrency)
     slots = asyncio.Semaphore(in_flight)
 
     async def one(feature: int) -> tuple[int, ExplanationStatus]:

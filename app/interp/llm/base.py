@@ -72,6 +72,10 @@ class ChatBackend(Protocol):
     """What to record as the explaining / scoring LLM, e.g. 'hf:HuggingFaceTB/SmolLM2-135M-Instruct'
     or 'openai:http://localhost:11434/v1#llama3.1:8b'."""
 
+    concurrency: int
+    """Requests it answers at once (an endpoint's in-flight limit; 1 for an in-process model, which
+    runs one call at a time): how many features the explain pipeline works on together."""
+
     async def chat(
         self, messages: Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0, logprobs: int = 0
     ) -> ChatReply:

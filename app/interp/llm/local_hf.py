@@ -75,6 +75,7 @@ class LocalChat:
     ) -> None:
         self.model_name = DEFAULT_LLM if is_default(model) else str(model)
         self.name = f"hf:{self.model_name}"
+        self.concurrency = 1  # one model call at a time (self._lock)
         self.device = resolve_device(device) if device in ("auto", "cpu", "cuda") else _explicit_device(device)
         # Kept here, never set on the tokenizer: load_model may share one tokenizer between callers.
         self._chat_template = chat_template

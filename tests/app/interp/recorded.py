@@ -21,6 +21,7 @@ class RecordedAnswers:
 
     def __init__(self, answers: Mapping[str, str | ChatReply], *, down: Sequence[str] = ()) -> None:
         self.name = "recorded"
+        self.concurrency = 1
         self.answers = dict(answers)
         self.down = set(down)
         self.calls: list[dict[str, object]] = []
