@@ -41,10 +41,6 @@ DEMO_L0_COEFF = 1.2e-4
 DEMO_BATCH = 1024
 """Tokens per step of the demo's SAE: one pass over the 600,000-token cache in 585 steps, which beat two
 passes in 292 steps of 4,096 on both FVU and delta LM loss in a third less time (README)."""
-DEMO_DEAD_AUX = 0.0
-"""The demo's SAE trains without the short recipe's dead_aux: at width 4,096 on this cache, batch 512 with
-dead_aux 1/32 came out worse (FVU 0.122, delta LM 0.55, 78% dead) than batch 1,024 without it (0.113, 0.41,
-60%), and took 2.2x the training time (README, "The demo")."""
 
 
 _FLAGGED = {
@@ -122,8 +118,7 @@ def train(
         Recipe,
         typer.Option(
             help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run, decoder "
-            "rows started at centred activations, JumpReLU thresholds at a 1% firing rate, AuxK on JumpReLU's "
-            "dead latents (dead_aux 1/32)."
+            "rows started at centred activations, JumpReLU thresholds at a 1% firing rate."
         ),
     ] = "paper",
     bandwidth: Annotated[
@@ -167,7 +162,7 @@ def train(
             "--set",
             help="FIELD=VALUE: any other SAEConfig or TrainConfig field as a named deviation (e.g. "
             "decoder_init=data, threshold_init_rate=0.01, threshold_lr_scale=10, resample_every=25, "
-            "adam_betas=[0.9,0.999]); wins over the recipe; repeatable.",
+            "adam_betas=[0.9,0.999], dead_aux=0.03125); wins over the recipe; repeatable.",
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
@@ -450,9 +445,8 @@ def demo(
         train_cfg = TrainConfig(tokens=tokens, batch_size=DEMO_BATCH, recipe="short", sparsity_coeff=l0_coeff,
                                 shuffle_buffer=shuffle_tokens(shards.n_tokens, shards.d_in),
                                 checkpoint_every=100, log_every=10, device=device)  # fmt: skip
-        plan = TrainingPlan(source=shards, sae=SAEConfig(d_in=shards.d_in, d_sae=width, dead_aux=DEMO_DEAD_AUX),
-                            train=train_cfg, meta=metadata_from_shards(shards), out_dir=sae_dir,
-                            explicit={"dead_aux"})  # fmt: skip
+        plan = TrainingPlan(source=shards, sae=SAEConfig(d_in=shards.d_in, d_sae=width), train=train_cfg,
+                            meta=metadata_from_shards(shards), out_dir=sae_dir)  # fmt: skip
         result = run_pipeline(plan=plan, engine=engine, data_dir=settings.data_dir, replace=True, reuse=True,
                               retrain=retrain, index_tokens=index_tokens, index_activations=index_from,
                               eval_activations=heldout, progress=True,

@@ -147,9 +147,6 @@ def sparsity_coeff(sae: SAEConfig, train: TrainConfig) -> float:
 
 SHORT_THRESHOLD_RATE = 0.01
 """The short recipe's threshold_init_rate: every JumpReLU latent starts firing on 1% of tokens."""
-SHORT_DEAD_AUX = 1 / 32
-"""The short recipe's SAEConfig.dead_aux: AuxK on JumpReLU's dead latents at TopK's alpha (README,
-"Closing the gap at L0 ~30": it revives a quarter to a third of the dead latents and gains 2-4% FVU)."""
 
 
 def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> None:
@@ -160,7 +157,8 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
     learning rate, scales both warm-ups to the run length and starts b_dec at the data mean.
     It also starts every decoder row at a centred training activation (no random mass in the
     residual stream's quiet directions) and, for JumpReLU, every threshold at its latent's 1%
-    firing quantile, and trains the dead latents towards the residual with an AuxK term (dead_aux).
+    firing quantile. AuxK on JumpReLU's dead latents (SAEConfig.dead_aux) is a named option, not part
+    of the recipe (README, "What was tried for short runs").
     """
     if train.recipe != "short":
         return
@@ -185,8 +183,6 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
     thresholds = "threshold" in registry.get(sae.architecture).extra_tensors
     if thresholds and "threshold_init_rate" not in explicit:
         train.threshold_init_rate = SHORT_THRESHOLD_RATE
-    if sae.architecture == "jumprelu" and "dead_aux" not in explicit:
-        sae.dead_aux = SHORT_DEAD_AUX
 
 
 def schedule_warnings(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> list[str]:

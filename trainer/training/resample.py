@@ -48,13 +48,20 @@ def resample_dead(
     if sae.threshold_parameters():
         rate = min(0.5, max(1.0 / x.shape[0], l0 / int(live.sum())))  # the live latents' mean firing rate
         sae.init_thresholds(quantile_thresholds(sae.pre_acts(x.float())[:, idx], rate), idx)
-    _reset_moments(sae, optimizer, idx, live)
+    reset_moments(sae, optimizer, idx, live)
     sae.tokens_since_fired[idx] = 0
     return n_dead
 
 
-def _reset_moments(sae: SAE, optimizer: torch.optim.Optimizer, idx: Tensor, live: Tensor) -> None:
-    """Adam's moments of the restarted latents' entries: exp_avg 0, exp_avg_sq the live entries' mean."""
+@torch.no_grad()
+def reset_moments(sae: SAE, optimizer: torch.optim.Optimizer, idx: Tensor, live: Tensor) -> None:
+    """Adam's moments of latents idx's entries: exp_avg 0, exp_avg_sq the live (d_sae,) latents' mean.
+
+    A latent that has had no gradient for hundreds of steps has exp_avg_sq near 0, so the first
+    gradient it gets again moves every entry by about lr / sqrt(1 - beta2^t), 10-30x the learning
+    rate: with this reset its first updates are an average live latent's size."""
+    if idx.numel() == 0 or not bool(live.any()):
+        return
     slices = {id(sae.W_dec): 0, id(sae.W_enc): 1, id(sae.b_enc): 0}
     for param in sae.threshold_parameters():
         slices[id(param)] = 0
@@ -70,4 +77,19 @@ def _reset_moments(sae: SAE, optimizer: torch.optim.Optimizer, idx: Tensor, live
             second.index_copy_(dim, idx, typical.expand_as(second.index_select(dim, idx)).contiguous())
 
 
-__all__ = ["ENCODER_SCALE", "resample_dead"]
+@torch.no_grad()
+def seed_newly_dead(sae: SAE, optimizer: torch.optim.Optimizer, was_dead: Tensor) -> None:
+    """JumpReLU's dead_aux: give the latents that have just become dead (dead now, not in was_dead, a
+    (d_sae,) bool) an average live latent's Adam moments before the auxiliary loss first reaches them.
+
+    Without it the first AuxK gradients after a silence of dead_tokens move a dead latent's encoder
+    column by 10-30x the learning rate per entry; at width 4,096 on the sweep's cache the revived
+    latents then fired with outsized values and a run's training FVU jumped from 0.16 to over 1,000
+    (README, "What was tried for short runs")."""
+    dead = sae.tokens_since_fired >= sae.dead_tokens  # (d_sae,)
+    newly = dead & ~was_dead
+    if bool(newly.any()):
+        reset_moments(sae, optimizer, newly.nonzero().squeeze(1), ~dead)
+
+
+__all__ = ["ENCODER_SCALE", "resample_dead", "reset_moments", "seed_newly_dead"]

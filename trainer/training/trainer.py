@@ -35,7 +35,7 @@ from trainer.training.config import TrainConfig, lr_at, sparsity_at, sparsity_co
 from trainer.training.data_init import QUANTILE_TOKENS, data_directions, fit_encoder_scale, quantile_thresholds
 from trainer.training.distributed import DistContext, all_reduce_sum, barrier, setup, teardown
 from trainer.training.malloc import keep_freed_memory
-from trainer.training.resample import resample_dead
+from trainer.training.resample import resample_dead, seed_newly_dead
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,7 @@ class Trainer:
 
         if cfg.resample_every and ctx.distributed:
             raise ValueError("resample_every is for one process: it is not supported under torchrun yet")
+        seed_dead = self.sae_cfg.dead_aux > 0  # JumpReLU's AuxK on dead latents (SAEConfig.dead_aux)
         resample_until = cfg.resample_every and total - cfg.lr_decay_steps  # resample until the decay starts
         stream = self._stream(ctx)
         for _ in range(start):  # replay the deterministic stream to where we stopped
@@ -347,7 +348,10 @@ class Trainer:
                 sae.normalize_decoder()
                 sae.after_step()
                 fired = all_reduce_sum(fired_latents(out.active).to(torch.int32), ctx) > 0  # (d_sae,)
+                was_dead = sae.tokens_since_fired >= sae.dead_tokens if seed_dead else None  # (d_sae,)
                 sae.update_dead(fired, cfg.batch_size)
+                if was_dead is not None:  # before dead_aux's first gradient reaches them (resample.py)
+                    seed_newly_dead(sae, optimizer, was_dead)
                 if resample_until and (step + 1) % cfg.resample_every == 0 and step + 1 < resample_until:
                     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # by step: resumes the same
                     resample_dead(sae, optimizer, x, out.x_hat, active_count(out.active) / x.shape[0], gen)

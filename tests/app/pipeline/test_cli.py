@@ -130,11 +130,14 @@ def test_eval_refuses_activations_of_the_wrong_width(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", ["jumprelu", "topk"])
 def test_torchrun_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path, arch: str) -> None:
-    """Both auxiliary losses on dead latents included (the short recipe's dead_aux, TopK's AuxK): their
-    normaliser is the whole batch's residual variance, not each rank's."""
+    """Both auxiliary losses on dead latents included (JumpReLU's dead_aux, TopK's AuxK): their
+    normaliser is the whole batch's residual variance, not each rank's, and the dead latents' Adam
+    moments are seeded alike on every rank."""
     torchrun = shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun")
     assert torchrun, "torchrun comes with torch"
     args = ["train", *SMALL, "--tokens", "10240", "--checkpoint-every", "20", "--arch", arch]
+    if arch == "jumprelu":
+        args += ["--set", "dead_aux=0.03125"]
     single = run(*args, "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(

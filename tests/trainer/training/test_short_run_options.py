@@ -15,7 +15,7 @@ from trainer.formats.native import load_native
 from trainer.saes.registry import build_sae
 from trainer.training.config import TrainConfig
 from trainer.training.data_init import data_directions, quantile_thresholds
-from trainer.training.resample import resample_dead
+from trainer.training.resample import resample_dead, seed_newly_dead
 from trainer.training.trainer import CHECKPOINT, Trainer, active_count, fired_latents
 
 
@@ -179,6 +179,85 @@ def test_resampling_restarts_dead_latents_at_error_directions_with_average_momen
     assert sae.threshold[dead].min() > 0
     fires = (sae.pre_acts(x)[:, dead] > sae.threshold[dead]).float().mean(0)  # at about l0 / live latents
     assert bool(((fires > 0) & (fires < 0.5)).all()), fires
+
+
+def test_latents_that_just_died_get_average_moments_before_dead_aux_reaches_them() -> None:
+    sae = build_sae(tiny_sae_cfg(threshold_param="raw", dead_aux=1 / 32))
+    x = subspace_data(512)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae.dead_tokens = 100
+    (sae(x) - x).pow(2).sum().backward()
+    optimizer.step()
+    state = optimizer.state[sae.W_enc]
+    state["exp_avg_sq"][:, [3, 17, 40]] = 1e-20  # silent latents: no gradient for a long while
+    was_dead = torch.zeros(48, dtype=torch.bool)
+    was_dead[40] = True  # dead before this step: its moments are its own by now
+    sae.tokens_since_fired[[3, 17, 40]] = 1000
+    seed_newly_dead(sae, optimizer, was_dead)
+    live = sae.tokens_since_fired < 100
+    typical = state["exp_avg_sq"][:, live].mean(1)  # (d_in,)
+    torch.testing.assert_close(state["exp_avg_sq"][:, [3, 17]], typical[:, None].expand(-1, 2))
+    assert bool((state["exp_avg"][:, [3, 17]] == 0).all())
+    assert bool((state["exp_avg_sq"][:, 40] == 1e-20).all())
+    seed_newly_dead(sae, optimizer, sae.tokens_since_fired >= 100)  # nobody new: nothing changes
+    torch.testing.assert_close(state["exp_avg_sq"][:, 3], typical)
+
+
+def test_dead_aux_first_update_after_a_silence_is_an_ordinary_size() -> None:
+    """The first dead_aux gradient reaching latents silent since the start moves their encoder columns
+    by many times the learning rate unless their moments are seeded (what blew up a sweep run)."""
+    x = subspace_data(512)
+    moves = {}
+    for seeded in (False, True):
+        torch.manual_seed(0)
+        sae = build_sae(tiny_sae_cfg(threshold_param="raw", dead_aux=1 / 32))
+        optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3, betas=(0.0, 0.999))
+        silent = torch.zeros(48, dtype=torch.bool)
+        silent[:24] = True
+        for _ in range(50):  # the main loss alone; the silent latents' columns get no gradient
+            sae.training_step(x, 0.0).loss.backward()
+            sae.W_enc.grad[:, silent] = 0  # type: ignore[index]
+            optimizer.step()
+            optimizer.zero_grad()
+        sae.dead_tokens = 100
+        was_dead = sae.tokens_since_fired >= 100
+        sae.tokens_since_fired[silent] = 1000  # they count as dead from this step on
+        if seeded:
+            seed_newly_dead(sae, optimizer, was_dead)
+        before = sae.W_enc.detach().clone()
+        out = sae.training_step(x, 0.0)
+        assert out.aux > 0
+        out.loss.backward()
+        optimizer.step()
+        move = (sae.W_enc.detach() - before).abs().amax(0) / 1e-3  # (d_sae,) in units of lr
+        moves[seeded] = (float(move[silent].max()), float(move[~silent].max()))
+    # unseeded: about sqrt((1 - beta2^t) / (1 - beta2)) x lr, 7x at step 51 (12x at step 150)
+    assert moves[False][0] > 5 * moves[False][1], moves
+    assert moves[True][0] <= 2 * moves[True][1], moves  # seeded: no larger than the live latents' steps
+
+
+def test_the_trainer_seeds_latents_as_they_die_only_with_dead_aux(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.training.trainer as trainer_module
+
+    calls: dict[float, list[int]] = {}
+    x = subspace_data(6000, rank=10)
+    for alpha in (0.0, 1 / 32):
+        seen: list[int] = []
+
+        def spy(sae: object, optimizer: torch.optim.Optimizer, was_dead: torch.Tensor, seen: list[int] = seen) -> None:
+            seen.append(int(was_dead.sum()))
+            seed_newly_dead(sae, optimizer, was_dead)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(trainer_module, "seed_newly_dead", spy)
+        cfg = tiny_train_cfg(tokens=256 * 30, sparsity_coeff=0.2, dead_tokens=1024)
+        sae_cfg = tiny_sae_cfg(d_sae=64, threshold_param="raw", dead_aux=alpha)
+        Trainer(sae_cfg, cfg, TensorSource(x, loop=True), tmp_path / str(alpha), progress=False).fit()
+        calls[alpha] = seen
+    assert calls[0.0] == []
+    assert len(calls[1 / 32]) == 30  # once a step, with the latents dead before the step's bookkeeping
+    assert calls[1 / 32][0] == 0 and calls[1 / 32][-1] > 0, calls[1 / 32]
 
 
 def test_a_run_with_resampling_keeps_more_latents_alive_and_resumes_bit_for_bit(tmp_path: Path) -> None:
