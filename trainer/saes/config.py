@@ -50,9 +50,9 @@ class SAEConfig:
     dead_aux: float = 0.0
     """Deviation (JumpReLU): weight alpha of an AuxK loss on dead latents (Gao et al. 2024): the k_aux largest
     ReLU'd pre-activations among latents that have not fired for dead_tokens reconstruct the residual x - x_hat,
-    so dead latents get a gradient towards what the live ones miss. A latent gets an average live latent's Adam
-    moments as it becomes dead (trainer/training/resample.py: seed_newly_dead), so that the first auxiliary
-    gradients after its silence do not move it 10-30x the learning rate. 0 = none, as the paper."""
+    so dead latents get a gradient towards what the live ones miss. Use it with TrainConfig.seed_dead_moments
+    (the short recipe's default): without it the first auxiliary gradients after a latent's silence move it
+    10-30x the learning rate. 0 = none, as the paper."""
 
     def __post_init__(self) -> None:
         if self.architecture not in registry.names():

@@ -77,6 +77,11 @@ class TrainConfig:
     """Deviation for short runs: every N steps until the learning-rate decay, restart the latents that have not
     fired for dead_tokens at error directions of the batch (trainer/training/resample.py; 0 = never, as the
     paper). One process only (not under torchrun)."""
+    seed_dead_moments: bool = False
+    """Deviation (the short recipe's): when a latent becomes dead and an auxiliary loss will train it (TopK's
+    AuxK, JumpReLU's dead_aux), give it an average live latent's Adam moments first, so that the first
+    auxiliary gradients after its silence move it by about the learning rate, not 10-30x that
+    (trainer/training/resample.py: seed_newly_dead). False: Adam as it is, as the paper and Gao et al."""
     shuffle_buffer: int = 0
     """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data). When it can hold
     a whole finite source (a cache of at most this many activations), the data is read once into memory
@@ -180,6 +185,8 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
     # Start in the data's span and already sparse (trainer/training/data_init.py; README, "What was tried")
     if "decoder_init" not in explicit:
         train.decoder_init = "data"
+    if "seed_dead_moments" not in explicit:
+        train.seed_dead_moments = True
     thresholds = "threshold" in registry.get(sae.architecture).extra_tensors
     if thresholds and "threshold_init_rate" not in explicit:
         train.threshold_init_rate = SHORT_THRESHOLD_RATE

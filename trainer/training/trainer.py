@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from trainer.atomic import atomic_write_bytes, atomic_write_text
 from trainer.data.activations import ActivationSource, EpochShuffle, ShuffleBuffer, batches, take_tokens
 from trainer.formats.native import SAEMetadata, save_native
+from trainer.saes import registry
 from trainer.saes.base import SAE, StepOutput
 from trainer.saes.config import SAEConfig
 from trainer.saes.registry import build_sae
@@ -291,7 +292,10 @@ class Trainer:
 
         if cfg.resample_every and ctx.distributed:
             raise ValueError("resample_every is for one process: it is not supported under torchrun yet")
-        seed_dead = self.sae_cfg.dead_aux > 0  # JumpReLU's AuxK on dead latents (SAEConfig.dead_aux)
+        # an auxiliary loss on dead latents: JumpReLU's dead_aux, or TopK's AuxK (no penalty: coeff is AuxK's)
+        topk_aux = registry.get(self.sae_cfg.architecture).penalty == "none" and coeff > 0
+        dead_aux_on = self.sae_cfg.dead_aux > 0 or topk_aux
+        seed_dead = cfg.seed_dead_moments and dead_aux_on
         resample_until = cfg.resample_every and total - cfg.lr_decay_steps  # resample until the decay starts
         stream = self._stream(ctx)
         for _ in range(start):  # replay the deterministic stream to where we stopped

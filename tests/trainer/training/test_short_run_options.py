@@ -243,7 +243,7 @@ def test_the_trainer_seeds_latents_as_they_die_only_with_dead_aux(
 
     calls: dict[float, list[int]] = {}
     x = subspace_data(6000, rank=10)
-    for alpha in (0.0, 1 / 32):
+    for alpha in (0.0, 1 / 32):  # the short recipe: seed_dead_moments, so only the auxiliary loss decides
         seen: list[int] = []
 
         def spy(sae: object, optimizer: torch.optim.Optimizer, was_dead: torch.Tensor, seen: list[int] = seen) -> None:
@@ -251,13 +251,23 @@ def test_the_trainer_seeds_latents_as_they_die_only_with_dead_aux(
             seed_newly_dead(sae, optimizer, was_dead)  # type: ignore[arg-type]
 
         monkeypatch.setattr(trainer_module, "seed_newly_dead", spy)
-        cfg = tiny_train_cfg(tokens=256 * 30, sparsity_coeff=0.2, dead_tokens=1024)
+        cfg = tiny_train_cfg(tokens=256 * 30, sparsity_coeff=0.2, dead_tokens=1024, seed_dead_moments=True)
         sae_cfg = tiny_sae_cfg(d_sae=64, threshold_param="raw", dead_aux=alpha)
         Trainer(sae_cfg, cfg, TensorSource(x, loop=True), tmp_path / str(alpha), progress=False).fit()
         calls[alpha] = seen
-    assert calls[0.0] == []
+    assert calls[0.0] == []  # no auxiliary loss on dead latents: nothing to seed for
     assert len(calls[1 / 32]) == 30  # once a step, with the latents dead before the step's bookkeeping
     assert calls[1 / 32][0] == 0 and calls[1 / 32][-1] > 0, calls[1 / 32]
+    seen = []
+    monkeypatch.setattr(trainer_module, "seed_newly_dead", lambda *args: seen.append(1))
+    topk = tiny_sae_cfg(d_sae=64, architecture="topk", k=4)
+    Trainer(topk, tiny_train_cfg(tokens=256 * 10, dead_tokens=1024, seed_dead_moments=True), TensorSource(x, loop=True),
+            tmp_path / "topk", progress=False).fit()  # fmt: skip
+    assert len(seen) == 10  # TopK's AuxK is such a loss
+    seen.clear()
+    Trainer(sae_cfg, tiny_train_cfg(tokens=256 * 10, dead_tokens=1024), TensorSource(x, loop=True),
+            tmp_path / "paper", progress=False).fit()  # fmt: skip
+    assert seen == []  # off unless asked for (the paper's Adam), dead_aux or not
 
 
 def test_a_run_with_resampling_keeps_more_latents_alive_and_resumes_bit_for_bit(tmp_path: Path) -> None:
