@@ -77,9 +77,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "quick TopK k 32": {"sae": {"architecture": "topk", "k": 32}},
     "quick TopK k 32, batch 512": {"sae": {"architecture": "topk", "k": 32}, "train": {"batch_size": 512}},
-    # The CPU defaults' budget (--width 4096 --epochs 1 --batch-size 1024 on the sweep's cache), at L0 ~40
-    "defaults JumpReLU lambda 8e-5": {"coeff": 8e-5},
-    "defaults JumpReLU lambda 8e-5 + dead_aux 1/32 (moments seeded)": {"coeff": 8e-5, "sae": {"dead_aux": 1 / 32}},
+    # The CPU defaults' budget (--width 4096 --epochs 1 --batch-size 4096 on the sweep's cache), at L0 ~110
+    "defaults JumpReLU lambda 1.7e-5": {"coeff": 1.7e-5},
+    "defaults JumpReLU lambda 1.7e-5 + dead_aux 1/32 (moments seeded)": {"coeff": 1.7e-5, "sae": {"dead_aux": 1 / 32}},
 }  # fmt: skip
 """Name -> {coeff, epochs, sae: SAEConfig fields, train: TrainConfig fields} on top of --recipe short."""
 
