@@ -236,7 +236,7 @@ def test_dead_aux_first_update_after_a_silence_is_an_ordinary_size() -> None:
     assert moves[True][0] <= 2 * moves[True][1], moves  # seeded: no larger than the live latents' steps
 
 
-def test_the_trainer_seeds_latents_as_they_die_only_with_dead_aux(
+def test_the_trainer_seeds_dying_latents_only_when_asked_and_an_auxiliary_loss_trains_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import trainer.training.trainer as trainer_module
