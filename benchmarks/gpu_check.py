@@ -45,6 +45,12 @@ Sections (shapes of the full run; --tiny: d_in 64, widths 256 / 1024, B 256, a 2
    FeatureStats.update by hand, and `trainer.analysis.index_pass.run_index_pass` with a 16,384-wide
    JumpReLU SAE on synthetic documents (the packaged corpus needs gensim; the tokenizer is the tiny
    512-token BPE, so token ids use only the first 512 rows of the real-size embedding).
+6. Whole training runs: `Trainer.fit` with --recipe short and step auto, width 16,384, B 4096, 300
+   steps on 262k synthetic tokens (looped), dead after two silent batches, JumpReLU with dead_aux 1/32
+   in fp32 and bf16 autocast and TopK (k 8, AuxK) in fp32 with and without seed_dead_moments, so that the data-start initialisation, the dead-latent bookkeeping, the
+   Adam-moment seeding of newly dead latents (fused Adam's state on the device) and the auto switch to
+   the sparse step all run on CUDA; tokens/s of the whole fit, the last training line, and FVU / L0 on
+   as many held-out tokens.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ SECTIONS = {
     3: "encode",
     4: "feature_stats",
     5: "lm_index_pass",
+    6: "short_recipe_fit",
 }
 MODES = ("fp32", "bf16")
 """fp32: no autocast; bf16: torch.autocast(bfloat16) around the forward, as TrainConfig.autocast_bf16."""
@@ -131,6 +138,12 @@ class Shapes:
     lm_batches: int
     index_width: int
     index_l0: int
+    fit_width: int
+    """Section 6: width of the whole training runs."""
+    fit_steps: int
+    """Section 6: optimiser steps of each run (batch `batch`)."""
+    fit_pool_tokens: int
+    """Section 6: distinct synthetic tokens the runs loop over (plus as many held out for evaluation)."""
 
 
 FULL = Shapes(
@@ -138,15 +151,17 @@ FULL = Shapes(
     pool=4, check_width=16_384, check_batch=1024, check_steps=20, check_l0=64, encode_iters=20,
     stats_b=8, stats_s=1024, stats_f=16_384, stats_batches=20, stats_cpu_batches=2, stats_l0=64,
     lm_layers=13, lm_full_layers=26, lm_context=1024, lm_seqs=8, lm_batches=10, index_width=16_384, index_l0=64,
+    fit_width=16_384, fit_steps=300, fit_pool_tokens=262_144,
 )  # fmt: skip
 TINY = Shapes(
     d_in=64, widths=(256, 1024), batch=256, l0s=(4, 16, 64), warmup=1, steps=2, step_seconds=1.0,
     pool=2, check_width=256, check_batch=128, check_steps=20, check_l0=16, encode_iters=3,
     stats_b=2, stats_s=128, stats_f=256, stats_batches=3, stats_cpu_batches=2, stats_l0=16,
     lm_layers=2, lm_full_layers=2, lm_context=128, lm_seqs=8, lm_batches=2, index_width=256, index_l0=16,
+    fit_width=1024, fit_steps=40, fit_pool_tokens=8192,
 )  # fmt: skip
 
-SECTION_RESERVE_S = {1: 0.0, 2: 25.0, 3: 20.0, 4: 40.0, 5: 70.0}
+SECTION_RESERVE_S = {1: 0.0, 2: 25.0, 3: 20.0, 4: 40.0, 5: 70.0, 6: 60.0}
 """Seconds a section is expected to need (full shapes): earlier sections leave this much for later ones."""
 
 
@@ -1107,6 +1122,101 @@ def section_lm_index_pass(ctx: Ctx, out: dict[str, Any]) -> None:
     free_memory(dev)
 
 
+# -- section 6: whole short-recipe training runs -------------------------------------------------
+FIT_RUNS: tuple[tuple[str, str, dict[str, Any], bool], ...] = (
+    ("jumprelu", "fp32", {"dead_aux": 1 / 32}, True),
+    ("jumprelu", "bf16", {"dead_aux": 1 / 32}, True),
+    ("topk", "fp32", {"k": 8}, True),
+    ("topk", "fp32", {"k": 8}, False),
+)
+"""(architecture, mode, SAEConfig overrides, seed_dead_moments): JumpReLU with its dead_aux option and
+TopK with AuxK, so that the short recipe's moment seeding runs on the device's fused Adam (a latent
+counts as dead after two silent batches, so that many do), and TopK once without it."""
+
+
+def section_short_recipe_fit(ctx: Ctx, out: dict[str, Any]) -> None:
+    """`Trainer.fit` end to end on the device with --recipe short, step auto: data-start decoder and
+    thresholds, b_dec at the mean, fused Adam, dead-latent bookkeeping and moment seeding, the auto
+    switch to the sparse step; then `evaluate` on held-out synthetic tokens on the device."""
+    import tempfile
+
+    from trainer.data.activations import TensorSource
+    from trainer.evaluation.metrics import evaluate
+    from trainer.training.config import resolve_recipe
+    from trainer.training.trainer import Trainer
+
+    sh, dev = ctx.shapes, ctx.device
+    raw = synthetic_activations(sh.d_in, 2 * sh.fit_pool_tokens, seed=ctx.args.seed + 6)
+    train, held = raw[: sh.fit_pool_tokens], raw[sh.fit_pool_tokens :]
+    out["shape"] = {"d_in": sh.d_in, "d_sae": sh.fit_width, "batch": sh.batch, "steps": sh.fit_steps}
+    rows: list[dict[str, Any]] = []
+    out["rows"] = rows
+    for arch, mode, overrides, seeded in FIT_RUNS:
+        if ctx.out_of_time(6):
+            out.setdefault("skipped", []).append(f"{arch} {mode} seeded={seeded}")
+            continue
+        row: dict[str, Any] = {"architecture": arch, "mode": mode, **overrides, "seed_dead_moments": seeded}
+        rows.append(row)
+        try:
+            sae_cfg = SAEConfig(d_in=sh.d_in, d_sae=sh.fit_width, architecture=arch, **overrides)
+            train_cfg = TrainConfig(
+                tokens=sh.fit_steps * sh.batch, batch_size=sh.batch, recipe="short", device=dev.type,
+                autocast_bf16=mode == "bf16", norm_tokens=min(65_536, sh.fit_pool_tokens),
+                dead_tokens=2 * sh.batch, seed_dead_moments=seeded, checkpoint_every=0, log_every=10,
+                shuffle_buffer=sh.fit_pool_tokens,
+            )  # fmt: skip
+            resolve_recipe(sae_cfg, train_cfg, {"dead_tokens", "seed_dead_moments"})
+            dead_before = torch.zeros(sh.fit_width, dtype=torch.bool, device=dev)
+            newly_dead = [0]
+
+            def count_newly_dead(done: int, sae: SAE) -> None:
+                dead = sae.tokens_since_fired >= sae.dead_tokens  # (d_sae,)
+                newly_dead[0] += int((dead & ~dead_before).sum())
+                dead_before.copy_(dead)
+
+            source = TensorSource(train, loop=True, description="synthetic")
+            with tempfile.TemporaryDirectory() as folder:
+                reset_peak(dev)
+                sync(dev)
+                t0 = time.perf_counter()
+                trainer = Trainer(sae_cfg, train_cfg, source, folder, progress=False, on_step=count_newly_dead)
+                result = trainer.fit()
+                sync(dev)
+                row["fit_s"] = time.perf_counter() - t0
+                lines = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+            row["peak_gib"] = peak_gib(dev)
+            row["tokens_per_s"] = sh.fit_steps * sh.batch / row["fit_s"]
+            row["sparse_steps_logged"] = sum(1 for line in lines if line.get("sparse_step"))
+            row["lines_logged"] = len(lines)
+            last = lines[-1]
+            row["train"] = {k: last.get(k) for k in ("fvu", "l0", "dead_fraction", "tokens/s")}
+            row["train_fvu_max_after_warmup"] = max(line["fvu"] for line in lines[len(lines) // 5 :])
+            row["newly_dead_events"] = newly_dead[0]
+            ev = evaluate(result.sae, TensorSource(held), held.shape[0], batch_size=sh.batch, device=dev)
+            row["eval"] = {"fvu": ev.fvu, "l0": ev.l0, "dead_fraction": ev.dead_fraction}
+            row["finite"] = all(math.isfinite(float(v)) for v in (ev.fvu, ev.l0))
+            print("  " + _fit_line(row), flush=True)
+        except Exception as exc:
+            row.update(error_entry(exc))
+            print(f"  {arch} {mode}: ERROR {row['error']}", flush=True)
+        ctx.save()
+        free_memory(dev, collect=True)
+
+
+def _fit_line(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"{row['architecture']} {row['mode']}: ERROR {row['error'].splitlines()[0][:100]}"
+    tr, ev = row["train"], row["eval"]
+    return (
+        f"{row['architecture']:>8} {row['mode']} seeded={row['seed_dead_moments']!s:5}: "
+        f"{row['tokens_per_s']:,.0f} tok/s whole fit ({row['fit_s']:.1f} s, "
+        f"{row['sparse_steps_logged']}/{row['lines_logged']} logged steps sparse, peak {row['peak_gib']} GiB); "
+        f"{row['newly_dead_events']:,} times a latent became dead; train FVU {tr['fvu']:.3f} "
+        f"(max {row['train_fvu_max_after_warmup']:.3f} after the first fifth) L0 {tr['l0']:.1f} dead {tr['dead_fraction']:.0%}; "
+        f"held-out FVU {ev['fvu']:.3f} L0 {ev['l0']:.1f} never fired {ev['dead_fraction']:.0%}"
+    )
+
+
 # -- driver -------------------------------------------------------------------------------------
 RUNNERS: dict[int, Callable[[Ctx, dict[str, Any]], None]] = {
     1: section_train_step,
@@ -1114,6 +1224,7 @@ RUNNERS: dict[int, Callable[[Ctx, dict[str, Any]], None]] = {
     3: section_encode,
     4: section_feature_stats,
     5: section_lm_index_pass,
+    6: section_short_recipe_fit,
 }
 
 
@@ -1176,6 +1287,9 @@ def print_summary(ctx: Ctx) -> None:
                     f"  run_index_pass: {ip['tokens_per_s']:,.0f} tok/s streaming, {ip['wall_s']:.1f} s wall "
                     f"({ip['sequences']} sequences), peak {ip['peak_gib']} GiB"
                 )
+        elif name == SECTIONS[6]:
+            for row in sec.get("rows", []):
+                print("  " + _fit_line(row))
     print(f"\nJSON: {ctx.out}")
 
 
