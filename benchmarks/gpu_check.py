@@ -47,9 +47,10 @@ Sections (shapes of the full run; --tiny: d_in 64, widths 256 / 1024, B 256, a 2
    512-token BPE, so token ids use only the first 512 rows of the real-size embedding).
 6. Whole training runs: `Trainer.fit` with --recipe short and step auto, width 16,384, B 4096, 300
    steps on 262k synthetic tokens (looped), dead after two silent batches, JumpReLU with dead_aux 1/32
-   in fp32 and bf16 autocast and TopK (k 8, AuxK) in fp32 with and without seed_dead_moments, so that the data-start initialisation, the dead-latent bookkeeping, the
-   Adam-moment seeding of newly dead latents (fused Adam's state on the device) and the auto switch to
-   the sparse step all run on CUDA; tokens/s of the whole fit, the last training line, and FVU / L0 on
+   in fp32 and bf16 autocast and TopK (k 8, AuxK) in fp32 with and without seed_dead_moments, so
+   that the data-start initialisation, the dead-latent bookkeeping, the Adam-moment seeding of newly
+   dead latents (fused Adam's state on the device) and the auto switch to the sparse step all run on
+   CUDA; tokens/s of the whole fit, the last training line, and FVU / L0 on
    as many held-out tokens.
 """
 
@@ -1134,6 +1135,20 @@ TopK with AuxK, so that the short recipe's moment seeding runs on the device's f
 counts as dead after two silent batches, so that many do), and TopK once without it."""
 
 
+class DeathCounter:
+    """A Trainer on_step callback: how many times a latent became dead (tokens_since_fired reached
+    dead_tokens), over the whole run."""
+
+    def __init__(self, d_sae: int, device: torch.device) -> None:
+        self.dead = torch.zeros(d_sae, dtype=torch.bool, device=device)  # (d_sae,)
+        self.count = 0
+
+    def __call__(self, done: int, sae: SAE) -> None:
+        dead = sae.tokens_since_fired >= sae.dead_tokens  # (d_sae,)
+        self.count += int((dead & ~self.dead).sum())
+        self.dead.copy_(dead)
+
+
 def section_short_recipe_fit(ctx: Ctx, out: dict[str, Any]) -> None:
     """`Trainer.fit` end to end on the device with --recipe short, step auto: data-start decoder and
     thresholds, b_dec at the mean, fused Adam, dead-latent bookkeeping and moment seeding, the auto
@@ -1160,26 +1175,21 @@ def section_short_recipe_fit(ctx: Ctx, out: dict[str, Any]) -> None:
         try:
             sae_cfg = SAEConfig(d_in=sh.d_in, d_sae=sh.fit_width, architecture=arch, **overrides)
             train_cfg = TrainConfig(
-                tokens=sh.fit_steps * sh.batch, batch_size=sh.batch, recipe="short", device=dev.type,
+                tokens=sh.fit_steps * sh.batch, batch_size=sh.batch, recipe="short",
+                device="cuda" if dev.type == "cuda" else "cpu",
                 autocast_bf16=mode == "bf16", norm_tokens=min(65_536, sh.fit_pool_tokens),
                 dead_tokens=2 * sh.batch, seed_dead_moments=seeded, checkpoint_every=0, log_every=10,
                 shuffle_buffer=sh.fit_pool_tokens,
             )  # fmt: skip
             resolve_recipe(sae_cfg, train_cfg, {"dead_tokens", "seed_dead_moments"})
-            dead_before = torch.zeros(sh.fit_width, dtype=torch.bool, device=dev)
-            newly_dead = [0]
-
-            def count_newly_dead(done: int, sae: SAE) -> None:
-                dead = sae.tokens_since_fired >= sae.dead_tokens  # (d_sae,)
-                newly_dead[0] += int((dead & ~dead_before).sum())
-                dead_before.copy_(dead)
+            deaths = DeathCounter(sh.fit_width, dev)
 
             source = TensorSource(train, loop=True, description="synthetic")
             with tempfile.TemporaryDirectory() as folder:
                 reset_peak(dev)
                 sync(dev)
                 t0 = time.perf_counter()
-                trainer = Trainer(sae_cfg, train_cfg, source, folder, progress=False, on_step=count_newly_dead)
+                trainer = Trainer(sae_cfg, train_cfg, source, folder, progress=False, on_step=deaths)
                 result = trainer.fit()
                 sync(dev)
                 row["fit_s"] = time.perf_counter() - t0
@@ -1191,7 +1201,7 @@ def section_short_recipe_fit(ctx: Ctx, out: dict[str, Any]) -> None:
             last = lines[-1]
             row["train"] = {k: last.get(k) for k in ("fvu", "l0", "dead_fraction", "tokens/s")}
             row["train_fvu_max_after_warmup"] = max(line["fvu"] for line in lines[len(lines) // 5 :])
-            row["newly_dead_events"] = newly_dead[0]
+            row["newly_dead_events"] = deaths.count
             ev = evaluate(result.sae, TensorSource(held), held.shape[0], batch_size=sh.batch, device=dev)
             row["eval"] = {"fvu": ev.fvu, "l0": ev.l0, "dead_fraction": ev.dead_fraction}
             row["finite"] = all(math.isfinite(float(v)) for v in (ev.fvu, ev.l0))
@@ -1212,7 +1222,8 @@ def _fit_line(row: dict[str, Any]) -> str:
         f"{row['tokens_per_s']:,.0f} tok/s whole fit ({row['fit_s']:.1f} s, "
         f"{row['sparse_steps_logged']}/{row['lines_logged']} logged steps sparse, peak {row['peak_gib']} GiB); "
         f"{row['newly_dead_events']:,} times a latent became dead; train FVU {tr['fvu']:.3f} "
-        f"(max {row['train_fvu_max_after_warmup']:.3f} after the first fifth) L0 {tr['l0']:.1f} dead {tr['dead_fraction']:.0%}; "
+        f"(max {row['train_fvu_max_after_warmup']:.3f} after the first fifth) L0 {tr['l0']:.1f} "
+        f"dead {tr['dead_fraction']:.0%}; "
         f"held-out FVU {ev['fvu']:.3f} L0 {ev['l0']:.1f} never fired {ev['dead_fraction']:.0%}"
     )
 

@@ -27,7 +27,9 @@ def test_the_tiny_gpu_check_runs_every_section_on_the_cpu(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     data = json.loads(out.read_text())
     sections = data["sections"]
-    assert list(sections) == ["train_step", "same_results", "encode", "feature_stats", "lm_index_pass"]
+    assert list(sections) == [
+        "train_step", "same_results", "encode", "feature_stats", "lm_index_pass", "short_recipe_fit",
+    ]  # fmt: skip
     for name, section in sections.items():
         assert "error" not in section, f"{name}: {section.get('traceback')}"
         assert not section.get("skipped"), name
@@ -40,4 +42,8 @@ def test_the_tiny_gpu_check_runs_every_section_on_the_cpu(tmp_path: Path) -> Non
     assert all("error" not in row for row in sections["encode"]["rows"])
     assert sections["feature_stats"]["device_tokens_per_s"] > 0
     assert sections["lm_index_pass"]["index_pass"]["sequences"] > 0
+    fits = sections["short_recipe_fit"]["rows"]
+    assert len(fits) == 4 and all("error" not in row for row in fits), [row.get("error") for row in fits]
+    assert all(row["finite"] and row["newly_dead_events"] > 0 for row in fits)  # latents died: seeding ran
+    assert any(row["sparse_steps_logged"] > 0 for row in fits)  # step auto switched to the sparse step
     assert "SUMMARY" in result.stdout
