@@ -82,6 +82,11 @@ class TrainConfig:
     AuxK, JumpReLU's dead_aux), give it an average live latent's Adam moments first, so that the first
     auxiliary gradients after its silence move it by about the learning rate, not 10-30x that
     (trainer/training/resample.py: seed_newly_dead). False: Adam as it is, as the paper and Gao et al."""
+    max_norm_ratio: float | None = None
+    """Deviation for small batches: scale every training activation whose norm exceeds this multiple of the
+    median token norm (of the normalisation sample) down to that norm, direction kept, so that a rare
+    massive activation cannot dominate one batch's gradient (trainer/training/massive_tokens.py). None:
+    every activation as it is (the paper). Evaluation always sees the activations unclipped."""
     shuffle_buffer: int = 0
     """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data). When it can hold
     a whole finite source (a cache of at most this many activations), the data is read once into memory
@@ -127,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"threshold_init_rate must be in (0, 1), got {self.threshold_init_rate}")
         if self.resample_every < 0:
             raise ValueError(f"resample_every must be 0 (never) or a number of steps, got {self.resample_every}")
+        if self.max_norm_ratio is not None and not self.max_norm_ratio > 0:
+            raise ValueError(f"max_norm_ratio must be positive (or None: no clipping), got {self.max_norm_ratio}")
         if self.threshold_lr_scale <= 0:
             raise ValueError(f"threshold_lr_scale must be positive, got {self.threshold_lr_scale}")
         if self.device not in get_args(Device):

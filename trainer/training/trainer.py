@@ -36,6 +36,7 @@ from trainer.training.config import TrainConfig, lr_at, sparsity_at, sparsity_co
 from trainer.training.data_init import QUANTILE_TOKENS, data_directions, fit_encoder_scale, quantile_thresholds
 from trainer.training.distributed import DistContext, all_reduce_sum, barrier, setup, teardown
 from trainer.training.malloc import keep_freed_memory
+from trainer.training.massive_tokens import clip_token_norms, norm_limit
 from trainer.training.resample import resample_dead, seed_newly_dead
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ class Trainer:
         """The data set held in memory for whole-epoch shuffles (set by fit when it fits)."""
         self._last_l0: float | None = None
         """Mean L0 of the last step (step="auto" chooses the next step by it; kept in checkpoints)."""
+        self._norm_limit: float | None = None
+        """max_norm_ratio's limit on a training token's norm, in normalised units (kept in checkpoints)."""
 
     # -- data -----------------------------------------------------------------------------
     def _in_memory(self) -> EpochShuffle | None:
@@ -187,6 +190,8 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "sae_cfg": asdict(self.sae_cfg),
             "last_l0": self._last_l0,
+            "norm_limit": self._norm_limit,
+            "max_norm_ratio": self.cfg.max_norm_ratio,
         }
         atomic_write_bytes(self.out_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
@@ -199,6 +204,13 @@ class Trainer:
         optimizer.load_state_dict(state["optimizer"])
         last_l0 = state.get("last_l0")  # the auto step's choice resumes where it was
         self._last_l0 = None if last_l0 is None else float(last_l0)
+        if state.get("max_norm_ratio") != self.cfg.max_norm_ratio:
+            raise ValueError(
+                f"{path} was written with max_norm_ratio {state.get('max_norm_ratio')}, not "
+                f"{self.cfg.max_norm_ratio}: resume with the same, or start again"
+            )
+        limit = state.get("norm_limit")
+        self._norm_limit = None if limit is None else float(limit)
         return int(state["step"]), float(state["scale"])
 
     def _trim_metrics(self, step: int) -> None:
@@ -259,6 +271,7 @@ class Trainer:
         autocast_on = cfg.autocast_bf16 and ctx.device.type == "cuda"
         auto_sparse = cfg.step == "auto" and sae.has_sparse_step and not autocast_on
         self._last_l0 = None
+        self._norm_limit = None
 
         self._epochs = self._in_memory()
         if resume:
@@ -271,6 +284,8 @@ class Trainer:
             held = self._epochs
             sample = held.data[: cfg.norm_tokens] if held is not None else take_tokens(self.source, cfg.norm_tokens)
             scale = estimate_scale(sample) if cfg.normalize else 1.0
+            if cfg.max_norm_ratio is not None:
+                self._norm_limit = norm_limit(sample, cfg.max_norm_ratio) / scale
             if (cfg.b_dec_init or sae.b_dec_init) == "mean":
                 with torch.no_grad():  # start b_dec at the data's centre (Gao et al. for TopK)
                     sae.b_dec.copy_((sample.mean(0) / scale).to(ctx.device))
@@ -330,6 +345,9 @@ class Trainer:
                         f"--tokens asks for {total * cfg.batch_size}"
                     ) from None
                 x = x.to(ctx.device, non_blocking=True) / scale  # (B_rank, d_in)
+                unclipped = x
+                if self._norm_limit is not None:  # massive activations scaled down (massive_tokens.py)
+                    x = clip_token_norms(x, self._norm_limit)
                 lam = sparsity_at(step, coeff, cfg, self.sae_cfg.architecture)
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
@@ -369,6 +387,9 @@ class Trainer:
                     now = time.perf_counter()
                     row = self._metrics_row(done, out, x, lam, lr, window_tokens / (now - window_start), sae, ctx)
                     row["sparse_step"] = sparse  # which step produced this line's step
+                    if self._norm_limit is not None:  # tokens of this line's global batch scaled down
+                        over = torch.count_nonzero(unclipped.norm(dim=1) > self._norm_limit).to(torch.int64)
+                        row["clipped_tokens"] = int(all_reduce_sum(over, ctx))
                     window_start, window_tokens = now, 0
                     if metrics_file is not None:
                         metrics_file.write(json.dumps(row) + "\n")
