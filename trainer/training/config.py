@@ -159,6 +159,9 @@ def sparsity_coeff(sae: SAEConfig, train: TrainConfig) -> float:
 
 SHORT_THRESHOLD_RATE = 0.01
 """The short recipe's threshold_init_rate: every JumpReLU latent starts firing on 1% of tokens."""
+SHORT_MAX_NORM_RATIO = 4.0
+"""The short recipe's max_norm_ratio: tokens over 4x the median norm are scaled down to it (Gemma 3
+270M's massive apostrophes are ~10x; typical tokens stay under 2x, so other models lose nothing)."""
 
 
 def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> None:
@@ -169,8 +172,10 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
     learning rate, scales both warm-ups to the run length and starts b_dec at the data mean.
     It also starts every decoder row at a centred training activation (no random mass in the
     residual stream's quiet directions) and, for JumpReLU, every threshold at its latent's 1%
-    firing quantile. AuxK on JumpReLU's dead latents (SAEConfig.dead_aux) is a named option, not part
-    of the recipe (README, "What was tried for short runs").
+    firing quantile. It scales rare massive activations down to 4x the median token norm for the
+    optimiser (max_norm_ratio), which lets short runs take the small batches they need without one
+    such token blowing a run up. AuxK on JumpReLU's dead latents (SAEConfig.dead_aux) is a named
+    option, not part of the recipe (README, "What was tried for short runs").
     """
     if train.recipe != "short":
         return
@@ -194,6 +199,8 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
         train.decoder_init = "data"
     if "seed_dead_moments" not in explicit:
         train.seed_dead_moments = True
+    if "max_norm_ratio" not in explicit:
+        train.max_norm_ratio = SHORT_MAX_NORM_RATIO
     thresholds = "threshold" in registry.get(sae.architecture).extra_tensors
     if thresholds and "threshold_init_rate" not in explicit:
         train.threshold_init_rate = SHORT_THRESHOLD_RATE

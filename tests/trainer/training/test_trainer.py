@@ -180,15 +180,16 @@ def test_paper_defaults_and_the_short_recipe() -> None:
     assert short.b_dec_init == "mean" and TrainConfig().b_dec_init is None  # None: the architecture's paper
     assert (short.decoder_init, short.threshold_init_rate, sae.bandwidth) == ("data", 0.01, 0.001)
     assert sae.dead_aux == 0  # AuxK on JumpReLU's dead latents is a named option in either recipe
+    assert short.max_norm_ratio == 4.0 and TrainConfig().max_norm_ratio is None  # massive tokens: short only
     assert (TrainConfig().decoder_init, TrainConfig().threshold_init_rate) == ("random", None)  # the paper's
     topk = tiny_sae_cfg(architecture="topk", k=4)
     short = TrainConfig(tokens=4096 * 1000, recipe="short")
     resolve_recipe(topk, short, explicit=set())
     assert (short.decoder_init, short.threshold_init_rate, topk.bandwidth) == ("data", None, 0.001)  # no thresholds
-    short = TrainConfig(tokens=4096 * 1000, recipe="short", decoder_init="random")
+    short = TrainConfig(tokens=4096 * 1000, recipe="short", decoder_init="random", max_norm_ratio=None)
     explicit_sae = tiny_sae_cfg(dead_aux=0.25)
-    resolve_recipe(explicit_sae, short, explicit={"decoder_init", "dead_aux"})
-    assert short.decoder_init == "random" and explicit_sae.dead_aux == 0.25
+    resolve_recipe(explicit_sae, short, explicit={"decoder_init", "dead_aux", "max_norm_ratio"})
+    assert short.decoder_init == "random" and explicit_sae.dead_aux == 0.25 and short.max_norm_ratio is None
     assert topk.dead_aux == 0  # TopK has its own AuxK (aux_coeff)
 
 
