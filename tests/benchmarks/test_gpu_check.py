@@ -7,24 +7,17 @@ The real run happens by hand on a GPU machine; this keeps the script from rottin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.runner import run_benchmark
 
 
 @pytest.mark.slow
 def test_the_tiny_gpu_check_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    script = ROOT / "benchmarks" / "gpu_check.py"
-    command = [sys.executable, str(script), "--tiny", "--device", "cpu", "--out", str(out)]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    result = run_benchmark("gpu_check.py", "--tiny", "--device", "cpu", "--out", str(out), timeout=300)
     data = json.loads(out.read_text())
     sections = data["sections"]
     assert list(sections) == [

@@ -7,22 +7,16 @@ points logged every step, the clipped run meeting every injected outlier once pe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks.runner import run_benchmark
 
 
 @pytest.mark.slow
 def test_the_tiny_massive_token_check_finds_and_clips_every_injected_outlier(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "massive_tokens.py"), "--tiny", "--out", str(tmp_path)]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    result = run_benchmark("massive_tokens.py", "--tiny", "--out", str(tmp_path))
     doc = json.loads((tmp_path / "results.json").read_text())
     census, (as_is, clipped) = doc["census"], doc["runs"]
     assert census["tokens"] == 16_384 and census["over"]["4x"] == len(range(0, 16_384, 300))  # one in 300 injected

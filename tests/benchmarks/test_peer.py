@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +20,13 @@ import torch
 from app.sweeps.results import results_doc
 from app.sweeps.run import point_name, train_point
 from benchmarks.peer import SweepBatches, read_sweep, sweep_train_config
+from tests.benchmarks.runner import run_benchmark
 from trainer.data.activations import ShardSource, SyntheticSource, SyntheticSpec, write_shards
 from trainer.formats.native import SAEMetadata, load_native
 from trainer.sweep.grid import SweepConfig, evaluate_points
 from trainer.training.distributed import DistContext
 from trainer.training.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEC = SyntheticSpec(d_in=32, n_features=96, active_per_token=4.0, scale=10.0)
 CONFIG = SweepConfig(width=48, train_tokens=4096, batch_size=512, eval_tokens=2048, lm_tokens=0,
                      grid={"jumprelu": (1e-3, 1e-2), "topk": (4, 8)})  # fmt: skip
@@ -84,12 +81,9 @@ def test_the_batches_are_the_sweep_trainers_own_in_order_and_units(tiny_sweep: P
 @pytest.mark.slow
 def test_the_peer_table_has_both_sources_with_finite_numbers(tiny_sweep: Path, tmp_path: Path) -> None:
     # one thread: the SAEs are tiny, and a busy machine's cores are better not fought over
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "peer.py"), "--sweep", str(tiny_sweep),
-               "--heldout", str(tiny_sweep / "heldout"), "--device", "cpu", "--out", str(tmp_path / "peer"),
-               "--json", str(tmp_path / "peer.json")]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    result = run_benchmark("peer.py", "--sweep", str(tiny_sweep), "--heldout", str(tiny_sweep / "heldout"),
+                           "--device", "cpu", "--out", str(tmp_path / "peer"), "--json", str(tmp_path / "peer.json"),
+                           timeout=300, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     out = result.stdout
     lines = [line.split() for line in out.splitlines() if re.match(r"^(jumprelu|topk)\s+(jumpscope|sae-lens)\s", line)]
     assert {(cells[0], cells[1]) for cells in lines} == {
