@@ -5,7 +5,8 @@ then prints, all measured in one run:
   1. this machine's dense fp32 matmul rate (the yardstick for every time below);
   2. the budget per stage (harvest, training, evaluation) in minutes and the total;
   3. every SAE's held-out metrics;
-  4. at each JumpReLU point's L0, every baseline's FVU and delta LM loss read off its own curve
+  4. at each JumpReLU point's L0, every baseline's FVU (also without the massive-activation tokens:
+     fvu_typical) and delta LM loss read off its own curve
      (linear in log L0), their ratio to JumpReLU's, and a verdict: JumpReLU wins, ties (within
      --tie of each other) or loses.
 
@@ -64,13 +65,15 @@ def report(doc: dict[str, Any], tie: float) -> None:
     )
     budget = doc["budget"]
     print("budget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget.items()))
-    print(f"\n{'architecture':<10} {'knob':>16} {'L0':>7} {'FVU':>8} {'dLM':>8} {'dead':>6} {'>1%':>6} {'>10%':>6}")
+    print(f"\n{'architecture':<10} {'knob':>16} {'L0':>7} {'FVU':>8} {'typical':>8} {'dLM':>8} {'dead':>6} {'>1%':>6} "
+          f"{'>10%':>6}")  # fmt: skip
     for r in doc["points"]:
-        delta = r.get("delta_lm_loss")
+        delta, typical = r.get("delta_lm_loss"), r.get("fvu_typical")
         print(f"{r['architecture']:<10} {r['knob'] + '=' + format(r['value'], 'g'):>16} {r['l0']:>7.1f} "
-              f"{r['fvu']:>8.4f} {'-' if delta is None else format(delta, '.4f'):>8} {r['dead_fraction']:>6.1%} "
+              f"{r['fvu']:>8.4f} {'-' if typical is None else format(typical, '.4f'):>8} "
+              f"{'-' if delta is None else format(delta, '.4f'):>8} {r['dead_fraction']:>6.1%} "
               f"{r['dense_fraction_1pct']:>6.1%} {r['dense_fraction_10pct']:>6.1%}")  # fmt: skip
-    for metric in ("fvu", "delta_lm_loss"):
+    for metric in ("fvu", "fvu_typical", "delta_lm_loss"):
         rows = matched_l0(doc["points"], metric)
         print(
             f"\n{metric} at matched L0 (ratio = baseline / JumpReLU; above 1 JumpReLU is better; tie within {tie:.0%})"

@@ -169,15 +169,16 @@ def sweep_command(
 
 def _print(doc: dict[str, object]) -> None:
     table = Table(title=f"sweep {doc['name']} (held-out metrics)")
-    for column in ("architecture", "knob", "L0", "FVU", "delta LM", "dead", "dense>1%", "train s"):
+    for column in ("architecture", "knob", "L0", "FVU", "FVU typical", "delta LM", "dead", "dense>1%", "train s"):
         table.add_column(column, justify="left" if column == "architecture" else "right")
     for row in doc["points"]:  # type: ignore[attr-defined]
-        delta = row.get("delta_lm_loss")
+        delta, typical = row.get("delta_lm_loss"), row.get("fvu_typical")
         table.add_row(
             row["architecture"],
             f"{row['knob']}={row['value']:g}",
             f"{row['l0']:.1f}",
             f"{row['fvu']:.4f}",
+            "-" if typical is None else f"{typical:.4f}",
             "-" if delta is None else f"{delta:.4f}",
             f"{row['dead_fraction']:.1%}",
             f"{row['dense_fraction_1pct']:.1%}",

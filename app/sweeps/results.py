@@ -22,6 +22,8 @@ from trainer.sweep.pareto import METRICS, matched_l0
 
 PLOTS: dict[str, str] = {"fvu": "FVU (fraction of variance unexplained)", "delta_lm_loss": "delta LM loss (nats)"}
 """The plots of a sweep: metric -> its axis label."""
+MATCHED = (*PLOTS, "fvu_typical")
+"""The metrics read at matched L0: the plotted ones and FVU without the massive-activation tokens."""
 
 SAE_LINK = "/saes/{sae}"
 """Where a plot's point links: its SAE's page (names are URL-safe slugs)."""
@@ -77,7 +79,7 @@ def results_doc(
     """The results document of a sweep (results.json, the API): its settings, budget, one row per
     SAE and, per metric, every baseline read off at JumpReLU's L0s."""
     return {"name": name, "model": model, "layer": layer, "site": site, "config": config, "budget": budget,
-            "points": rows, "matched_l0": {m: matched_l0(rows, m) for m in PLOTS}}  # fmt: skip
+            "points": rows, "matched_l0": {m: matched_l0(rows, m) for m in MATCHED}}  # fmt: skip
 
 
 def sweep_doc(session: Session, name: str) -> dict[str, Any] | None:

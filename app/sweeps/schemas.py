@@ -17,6 +17,9 @@ class SweepPointOut(BaseModel):
     value: float
     l0: float | None = None
     fvu: float | None = None
+    fvu_typical: float | None = Field(
+        default=None, description="FVU without the massive-activation tokens (trainer.evaluation.metrics)"
+    )
     delta_lm_loss: float | None = None
     dead_fraction: float | None = None
     dense_fraction_1pct: float | None = None
@@ -55,6 +58,6 @@ class SweepDetail(BaseModel):
     config: dict[str, Any] = Field(description="trainer.sweep.grid.SweepConfig: width, tokens, recipe, seed, grid")
     budget: dict[str, float]
     points: list[SweepPointOut]
-    matched_l0: dict[str, list[MatchedL0Out]] = Field(description="By metric (fvu, delta_lm_loss)")
+    matched_l0: dict[str, list[MatchedL0Out]] = Field(description="By metric (fvu, delta_lm_loss, fvu_typical)")
     created_at: datetime
     updated_at: datetime

@@ -12,7 +12,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-METRICS = ("l0", "fvu", "delta_lm_loss", "dead_fraction", "dense_fraction_1pct", "dense_fraction_10pct", "mse")
+METRICS = (
+    "l0",
+    "fvu",
+    "fvu_typical",
+    "delta_lm_loss",
+    "dead_fraction",
+    "dense_fraction_1pct",
+    "dense_fraction_10pct",
+    "mse",
+)
 """The evaluation columns of a result row, in table order."""
 
 

@@ -46,6 +46,8 @@ def test_train_then_eval_as_json(tmp_path: Path) -> None:
     assert set(metrics) == {
         "l0",
         "fvu",
+        "fvu_typical",
+        "massive_fraction",
         "mse",
         "dead_fraction",
         "dense_fraction_1pct",

@@ -65,6 +65,7 @@ def test_every_point_is_trained_evaluated_and_written(swept: dict[str, Any]) -> 
     for row in rows:
         assert (out / "saes" / SweepPoint(row["architecture"], row["value"]).slug / "sae.safetensors").exists()
         assert row["l0"] > 0 and row["fvu"] > 0 and math.isfinite(row["delta_lm_loss"])
+        assert row["fvu_typical"] > 0 and 0 <= row["massive_fraction"] < 0.5
         assert row["tokens"] == 2048  # the same held-out activations for every SAE
         assert row["lm_tokens"] >= 256  # and the same predictions
         if row["architecture"] == "topk":
@@ -74,6 +75,8 @@ def test_every_point_is_trained_evaluated_and_written(swept: dict[str, Any]) -> 
     assert set(doc["budget"]) == {"harvest", "train", "eval", "total"} and doc["budget"]["total"] > 0
     table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [(r["sae"], float(r["fvu"])) for r in table] == [(r["sae"], r["fvu"]) for r in rows]
+    assert [float(r["fvu_typical"]) for r in table] == [r["fvu_typical"] for r in rows]
+    assert set(doc["matched_l0"]) == {"fvu", "delta_lm_loss", "fvu_typical"}
     assert "sweep pareto-tiny" in swept["stdout"] and "budget:" in swept["stderr"]
 
 

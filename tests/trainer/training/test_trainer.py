@@ -304,6 +304,33 @@ def test_evaluation_counts_every_token_it_is_asked_for() -> None:
     assert result.tokens == 30_000
 
 
+def test_fvu_is_also_reported_without_the_massive_tokens() -> None:
+    """A few tokens at 10x the median norm (as Gemma 3 270M's massive activations) hold much of the
+    variance: fvu_typical is the FVU of the other tokens around their own mean, computed in one pass."""
+    from trainer.evaluation.metrics import evaluate
+    from trainer.saes.registry import build_sae
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 8, generator=gen) + 5.0  # (N, d_in) a large shared mean, as residual streams
+    massive = torch.arange(0, 20_000, 997)  # (21,) one token in ~1,000
+    x[massive] = (
+        10
+        * x[massive].norm(dim=1, keepdim=True).median()
+        * torch.nn.functional.normalize(torch.randn(len(massive), 8, generator=gen), dim=1)
+    )
+    sae = build_sae(tiny_sae_cfg(d_in=8, d_sae=16))
+    result = evaluate(sae, TensorSource(x, chunk_tokens=3_000), 20_000, batch_size=4096)
+    keep = torch.ones(20_000, dtype=torch.bool)
+    keep[massive] = False
+    with torch.no_grad():
+        err = (sae.decode(sae.encode(x)) - x).double().pow(2).sum(1)  # (N,)
+    typical = x[keep].double()
+    expected = float(err[keep].sum() / (typical - typical.mean(0)).pow(2).sum())
+    assert result.massive_fraction == len(massive) / 20_000
+    assert result.fvu_typical == pytest.approx(expected, rel=1e-6)
+    assert result.fvu == pytest.approx(float(err.sum() / (x.double() - x.double().mean(0)).pow(2).sum()), rel=1e-6)
+
+
 def test_synthetic_held_out_stream_shares_the_dictionary_but_not_the_tokens() -> None:
     source = synthetic()
     held = source.held_out()
