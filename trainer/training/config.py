@@ -87,6 +87,11 @@ class TrainConfig:
     median token norm (of the normalisation sample) down to that norm, direction kept, so that a rare
     massive activation cannot dominate one batch's gradient (trainer/training/massive_tokens.py). None:
     every activation as it is (the paper). Evaluation always sees the activations unclipped."""
+    update_clip: float | None = None
+    """Deviation for small batches: before each Adam step, clip every gradient element to this multiple of
+    the root of its second moment, so no parameter moves by more than about this many learning rates in
+    one step, while the activations stay as they are (trainer/training/update_clip.py). None: Adam as it
+    is (the paper)."""
     shuffle_buffer: int = 0
     """Tokens held in the shuffle buffer (0 = no extra shuffling, e.g. for pre-shuffled data). When it can hold
     a whole finite source (a cache of at most this many activations), the data is read once into memory
@@ -132,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"threshold_init_rate must be in (0, 1), got {self.threshold_init_rate}")
         if self.resample_every < 0:
             raise ValueError(f"resample_every must be 0 (never) or a number of steps, got {self.resample_every}")
+        if self.update_clip is not None and not self.update_clip > 0:
+            raise ValueError(f"update_clip must be positive (or None: Adam as it is), got {self.update_clip}")
         if self.max_norm_ratio is not None and not self.max_norm_ratio > 0:
             raise ValueError(f"max_norm_ratio must be positive (or None: no clipping), got {self.max_norm_ratio}")
         if self.threshold_lr_scale <= 0:

@@ -38,6 +38,7 @@ from trainer.training.distributed import DistContext, all_reduce_sum, barrier, s
 from trainer.training.malloc import keep_freed_memory
 from trainer.training.massive_tokens import clip_token_norms, norm_limit
 from trainer.training.resample import resample_dead, seed_newly_dead
+from trainer.training.update_clip import clip_to_second_moments
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +366,8 @@ class Trainer:
                 sae.project_decoder_grad()
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+                if cfg.update_clip is not None:  # each element within its own history (update_clip.py)
+                    clipped_updates = clip_to_second_moments(optimizer, cfg.update_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 sae.normalize_decoder()
@@ -390,6 +393,8 @@ class Trainer:
                     if self._norm_limit is not None:  # tokens of this line's global batch scaled down
                         over = torch.count_nonzero(unclipped.norm(dim=1) > self._norm_limit).to(torch.int64)
                         row["clipped_tokens"] = int(all_reduce_sum(over, ctx))
+                    if cfg.update_clip is not None:  # gradient elements clipped at this line's step
+                        row["clipped_updates"] = int(clipped_updates)
                     window_start, window_tokens = now, 0
                     if metrics_file is not None:
                         metrics_file.write(json.dumps(row) + "\n")

@@ -56,7 +56,7 @@ def test_the_trainer_scales_down_exactly_the_massive_tokens_it_meets(tmp_path: P
     assert all("clipped_tokens" not in json.loads(line) for line in (tmp_path / "as-is" / "metrics.jsonl").open())
 
 
-def largest_step(tmp_path: Path, ratio: float | None) -> float:
+def largest_step(tmp_path: Path, ratio: float | None, update_clip: float | None = None) -> float:
     """The largest step of the encoder in one optimiser step (Frobenius norm of the change), after the
     warm-ups, as a multiple of the median step: Adam beta1 0, batch 64, one token in 500 massive."""
     x = subspace_data(20_000, rank=10)
@@ -70,8 +70,10 @@ def largest_step(tmp_path: Path, ratio: float | None) -> float:
             steps.append(float((w - previous["w"]).norm()))
         previous["w"] = w
 
-    cfg = tiny_train_cfg(tokens=64 * 150, batch_size=64, max_norm_ratio=ratio, sparsity_coeff=0.01)
-    Trainer(tiny_sae_cfg(threshold_param="raw"), cfg, TensorSource(x, loop=True), tmp_path / str(ratio),
+    cfg = tiny_train_cfg(
+        tokens=64 * 150, batch_size=64, max_norm_ratio=ratio, update_clip=update_clip, sparsity_coeff=0.01
+    )
+    Trainer(tiny_sae_cfg(threshold_param="raw"), cfg, TensorSource(x, loop=True), tmp_path / f"{ratio}-{update_clip}",
             progress=False, on_step=watch).fit()  # fmt: skip
     return max(steps) / float(torch.tensor(steps).median())
 
