@@ -9,8 +9,8 @@ used to choose anything):
   L0, FVU, dead (latents that never fire on the validation activations);
   quiet FVU: FVU within the low-variance half of the activations' principal directions (above 1:
     the SAE writes more variance there than the data has: noise the model downstream reads);
-  typical FVU: FVU on the tokens within 4x the median norm (what is left when the massive ones are
-    set aside: the part of FVU that max_norm_ratio cannot touch);
+  typical FVU: FVU on the tokens within 4x the median norm, around their own mean (the evaluation's
+    fvu_typical: what is left when the massive activations are set aside);
   dec quiet: the mean share of a live latent's decoder row in those directions (a random row: 1/2);
   delta LM loss on the validation predictions (one clean pass shared by all variants).
 
@@ -38,6 +38,7 @@ from benchmarks.splice_damage import held_out_activations
 from trainer.data.activations import ShardSource, TensorSource, take_tokens
 from trainer.data.corpus import packaged_corpus
 from trainer.evaluation.delta_lm import delta_lm_losses
+from trainer.evaluation.metrics import evaluate
 from trainer.saes.base import SAE
 from trainer.saes.config import SAEConfig
 from trainer.training.config import TrainConfig, resolve_recipe
@@ -156,24 +157,23 @@ def validation(cache: ShardSource, out: Path, n_acts: int, n_lm: int, docs: int)
 
 @torch.no_grad()
 def measure(sae: SAE, x: Tensor) -> dict[str, float]:
-    """L0, FVU, quiet FVU, typical FVU, decoder quiet share and dead fraction of an inference-form SAE on x
-    (N, d_in)."""
+    """L0, FVU, typical FVU and dead fraction (trainer.evaluation.metrics.evaluate, as every evaluation
+    reports them), quiet FVU and decoder quiet share of an inference-form SAE on x (N, d_in)."""
+    held = evaluate(sae, [x], x.shape[0], batch_size=x.shape[0])
     centred = x - x.mean(0)
     pcs = torch.linalg.eigh(torch.cov(x.T)).eigenvectors.flip(1)  # (d_in, d_in), highest variance first
     quiet = pcs[:, pcs.shape[1] // 2 :]  # (d_in, d_in / 2)
     f = sae.encode(x)  # (N, d_sae)
     err = sae.decode(f) - x  # (N, d_in)
     live = (f > 0).any(0)  # (d_sae,)
-    norms = x.norm(dim=1)  # (N,)
-    typical = norms <= 4 * norms.median()  # (N,)
     rows = torch.nn.functional.normalize(sae.W_dec[live], dim=1)  # (n_live, d_in)
     return {
-        "l0": float((f > 0).sum(1).float().mean()),
-        "fvu": float(err.pow(2).sum() / centred.pow(2).sum()),
+        "l0": held.l0,
+        "fvu": held.fvu,
         "quiet_fvu": float((err @ quiet).pow(2).sum() / (centred @ quiet).pow(2).sum()),
-        "typical_fvu": float(err[typical].pow(2).sum() / (x[typical] - x.mean(0)).pow(2).sum()),
+        "typical_fvu": held.fvu_typical,
         "dec_quiet": float((rows @ quiet).pow(2).sum(1).mean()) if len(rows) else float("nan"),
-        "dead": float((~live).float().mean()),
+        "dead": held.dead_fraction,
     }
 
 
