@@ -48,9 +48,12 @@ SHUFFLE = 262_144
 """Tokens in the shuffle buffer (the sweep's and, until now, the demo's)."""
 OLD_SHORT = {"decoder_init": "random", "threshold_init_rate": None}
 """The short recipe before the data-driven starts (what the README's earlier sweeps ran)."""
-NO_CLIP = {"max_norm_ratio": None}
-"""Massive activations trained on as they are (the short recipe before max_norm_ratio; variants above the
-"massive" ones were measured so)."""
+NO_CLIP = {"max_norm_ratio": None, "update_clip": None}
+"""Massive activations trained on as they are, Adam as it is (the short recipe before max_norm_ratio; variants
+above the "massive" ones were measured so)."""
+CLIP = {"max_norm_ratio": 4.0, "update_clip": None}
+"""The short recipe of sessions 12-13: massive activations scaled down to 4x the median norm (the "massive"
+and "lowl0" variants were measured with it; update_clip 3 took its place in session 14)."""
 VARIANTS: dict[str, dict[str, Any]] = {
     "before (lambda 2e-4)": {"coeff": 2e-4, "train": OLD_SHORT},
     "before + Adam beta1 0.9": {"coeff": 2e-4, "train": {**OLD_SHORT, "adam_betas": [0.9, 0.999]}},
@@ -88,33 +91,33 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults JumpReLU lambda 1.7e-5 + dead_aux 1/32 (moments seeded)": {"coeff": 1.7e-5, "sae": {"dead_aux": 1 / 32}},
     # Massive activations (max_norm_ratio, since in the short recipe): width 2048, 1 epoch, batch 512, quick cache
     "massive JumpReLU lambda 6e-5": {"coeff": 6e-5, "train": NO_CLIP},
-    "massive JumpReLU lambda 6e-5 + max_norm_ratio 4": {"coeff": 6e-5, "train": {"max_norm_ratio": 4.0}},
+    "massive JumpReLU lambda 6e-5 + max_norm_ratio 4": {"coeff": 6e-5, "train": CLIP},
     "massive JumpReLU lambda 6e-5, batch 256 + max_norm_ratio 4": {
-        "coeff": 6e-5, "train": {"max_norm_ratio": 4.0, "batch_size": 256},
+        "coeff": 6e-5, "train": {**CLIP, "batch_size": 256},
     },
     "massive TopK k 12": {"sae": {"architecture": "topk", "k": 12}, "train": NO_CLIP},
     "massive TopK k 12 + max_norm_ratio 4": {
-        "sae": {"architecture": "topk", "k": 12}, "train": {"max_norm_ratio": 4.0},
+        "sae": {"architecture": "topk", "k": 12}, "train": CLIP,
     },
     "massive TopK k 32": {"sae": {"architecture": "topk", "k": 32}, "train": NO_CLIP},
     "massive TopK k 32 + max_norm_ratio 4": {
-        "sae": {"architecture": "topk", "k": 32}, "train": {"max_norm_ratio": 4.0},
+        "sae": {"architecture": "topk", "k": 32}, "train": CLIP,
     },
     "massive TopK k 32, batch 256 + max_norm_ratio 4": {
-        "sae": {"architecture": "topk", "k": 32}, "train": {"max_norm_ratio": 4.0, "batch_size": 256},
+        "sae": {"architecture": "topk", "k": 32}, "train": {**CLIP, "batch_size": 256},
     },
     "massive ReLU lambda 0.02": {"sae": {"architecture": "relu"}, "coeff": 0.02, "train": NO_CLIP},
     "massive ReLU lambda 0.02 + max_norm_ratio 4": {
-        "sae": {"architecture": "relu"}, "coeff": 0.02, "train": {"max_norm_ratio": 4.0},
+        "sae": {"architecture": "relu"}, "coeff": 0.02, "train": CLIP,
     },
     # Low L0 with max_norm_ratio 4 in the recipe (session 13): width 2048, 1 epoch, batch 512, quick cache, L0 ~20
-    "lowl0 JumpReLU lambda 1.5e-4": {"coeff": 1.5e-4},
+    "lowl0 JumpReLU lambda 1.5e-4": {"coeff": 1.5e-4, "train": CLIP},
     "lowl0 JumpReLU lambda 1.5e-4, tokens as they are": {"coeff": 1.5e-4, "train": NO_CLIP},
-    "lowl0 JumpReLU lambda 1.5e-4 + max_norm_ratio 8": {"coeff": 1.5e-4, "train": {"max_norm_ratio": 8.0}},
-    "lowl0 JumpReLU lambda 1.5e-4 + dead_aux 1/32": {"coeff": 1.5e-4, "sae": {"dead_aux": 1 / 32}},
-    "lowl0 JumpReLU lambda 1.5e-4, batch 256": {"coeff": 1.5e-4, "train": {"batch_size": 256}},
-    "lowl0 TopK k 20": {"sae": {"architecture": "topk", "k": 20}},
-    "lowl0 TopK k 20, batch 256": {"sae": {"architecture": "topk", "k": 20}, "train": {"batch_size": 256}},
+    "lowl0 JumpReLU lambda 1.5e-4 + max_norm_ratio 8": {"coeff": 1.5e-4, "train": {**CLIP, "max_norm_ratio": 8.0}},
+    "lowl0 JumpReLU lambda 1.5e-4 + dead_aux 1/32": {"coeff": 1.5e-4, "sae": {"dead_aux": 1 / 32}, "train": CLIP},
+    "lowl0 JumpReLU lambda 1.5e-4, batch 256": {"coeff": 1.5e-4, "train": {**CLIP, "batch_size": 256}},
+    "lowl0 TopK k 20": {"sae": {"architecture": "topk", "k": 20}, "train": CLIP},
+    "lowl0 TopK k 20, batch 256": {"sae": {"architecture": "topk", "k": 20}, "train": {**CLIP, "batch_size": 256}},
     # (session 13 also measured max_norm_ratio around the data's mean rather than the origin, ratios 4, 8
     # and 16: not kept; README, "Massive activations and FVU")
     # Adam updates bounded per element instead (update_clip, session 13), the activations as they are
@@ -133,6 +136,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "update TopK k 32 + update_clip 3": {
         "sae": {"architecture": "topk", "k": 32}, "train": {**NO_CLIP, "update_clip": 3.0},
     },
+    # JumpReLU's own schedule at low L0 with update_clip 3 in the recipe (session 14): width 2048, 1 epoch,
+    # batch 512, the first 300,000 tokens of the sweep's cache (--tokens 300000), L0 ~20; TopK for its curve
+    "s14 JumpReLU lambda 1.5e-4": {"coeff": 1.5e-4},
+    "s14 JumpReLU lambda 1.5e-4, no lambda warm-up": {"coeff": 1.5e-4, "train": {"sparsity_warmup_steps": 1}},
+    "s14 JumpReLU lambda 1.5e-4, lambda warm-up 5%": {"coeff": 1.5e-4, "train": {"sparsity_warmup_steps": 29}},
+    "s14 JumpReLU lambda 1.5e-4, thresholds at 0.5%": {"coeff": 1.5e-4, "train": {"threshold_init_rate": 0.005}},
+    "s14 JumpReLU lambda 1.5e-4, eps 0.0005": {"coeff": 1.5e-4, "sae": {"bandwidth": 0.0005}},
+    "s14 JumpReLU lambda 1.5e-4, eps 0.003": {"coeff": 1.5e-4, "sae": {"bandwidth": 0.003}},
+    "s14 JumpReLU lambda 1.5e-4, lr 2e-3": {"coeff": 1.5e-4, "train": {"lr": 2e-3}},
+    "s14 JumpReLU lambda 1.5e-4, no lr decay": {"coeff": 1.5e-4, "train": {"lr_decay_steps": 0}},
+    "s14 JumpReLU lambda 1.5e-4, Adam beta1 0.9": {"coeff": 1.5e-4, "train": {"adam_betas": [0.9, 0.999]}},
+    "s14 JumpReLU lambda 1.5e-4, Adam beta1 0.9 + thresholds at 0.5%": {
+        "coeff": 1.5e-4, "train": {"adam_betas": [0.9, 0.999], "threshold_init_rate": 0.005},
+    },
+    "s14 JumpReLU lambda 1.5e-4, Adam beta1 0.9, Adam as it is": {
+        "coeff": 1.5e-4, "train": {"adam_betas": [0.9, 0.999], "update_clip": None},
+    },
+    "s14 JumpReLU lambda 6e-5": {"coeff": 6e-5},
+    "s14 JumpReLU lambda 6e-5, Adam beta1 0.9": {"coeff": 6e-5, "train": {"adam_betas": [0.9, 0.999]}},
+    "s14 TopK k 12": {"sae": {"architecture": "topk", "k": 12}},
+    "s14 TopK k 20": {"sae": {"architecture": "topk", "k": 20}},
+    "s14 TopK k 32": {"sae": {"architecture": "topk", "k": 32}},
+    "s14b TopK k 12, Adam beta1 0.9": {"sae": {"architecture": "topk", "k": 12}, "train": {"adam_betas": [0.9, 0.999]}},
+    "s14b TopK k 20, Adam beta1 0.9": {"sae": {"architecture": "topk", "k": 20}, "train": {"adam_betas": [0.9, 0.999]}},
+    "s14b TopK k 32, Adam beta1 0.9": {"sae": {"architecture": "topk", "k": 32}, "train": {"adam_betas": [0.9, 0.999]}},
 }  # fmt: skip
 """Name -> {coeff, epochs, sae: SAEConfig fields, train: TrainConfig fields} on top of --recipe short."""
 
@@ -187,6 +215,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--epochs", type=float, default=2.0, help="passes over the cache (the demo's 2)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--tokens", type=int, help="train on the first N tokens of the cache (default: all)")
     parser.add_argument("--validation-docs", type=int, default=120)
     parser.add_argument("--lm-tokens", type=int, default=2048, help="validation predictions for delta LM loss")
     parser.add_argument("--tiny", action="store_true", help="harvest a tiny random Gemma 2 cache and run two variants")
@@ -210,7 +239,7 @@ def main() -> None:
     from trainer.lm.models import load_model
 
     model = load_model(cache.meta["model"]).model
-    x_train = take_tokens(cache, cache.n_tokens)  # (n, d_in) float32
+    x_train = take_tokens(cache, args.tokens or cache.n_tokens)  # (n, d_in) float32
     rows = []
     for i, (name, spec) in enumerate(variants.items()):
         sae_cfg = SAEConfig(d_in=cache.d_in, d_sae=args.width, **spec.get("sae", {}))

@@ -98,13 +98,14 @@ def test_train_bad_input_is_one_clear_line_and_writes_nothing(tmp_path: Path, ar
 def test_named_deviations_by_set_reach_the_saved_config(tmp_path: Path) -> None:
     out = tmp_path / "sae"
     args = ["--set", "decoder_init=random", "--set", "threshold_lr_scale=5", "--set", "adam_betas=[0.9,0.99]",
-            "--set", "max_norm_ratio=null"]  # fmt: skip
+            "--set", "update_clip=null", "--set", "max_norm_ratio=4"]  # fmt: skip
     result = run("train", *SMALL, "--out", str(out), "--bandwidth", "0.003", *args)
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["train"]["decoder_init"] == "random"  # the user's choice wins over the short recipe's "data"
     assert saved["train"]["threshold_lr_scale"] == 5 and saved["train"]["adam_betas"] == [0.9, 0.99]
-    assert saved["train"]["max_norm_ratio"] is None  # null turns a recipe's deviation off
+    assert saved["train"]["update_clip"] is None  # null turns a recipe's deviation off
+    assert saved["train"]["max_norm_ratio"] == 4  # and another named one takes its place
     assert saved["train"]["threshold_init_rate"] == 0.01  # the rest of the short recipe still applies
     assert saved["sae"]["bandwidth"] == 0.003
 

@@ -180,16 +180,19 @@ def test_paper_defaults_and_the_short_recipe() -> None:
     assert short.b_dec_init == "mean" and TrainConfig().b_dec_init is None  # None: the architecture's paper
     assert (short.decoder_init, short.threshold_init_rate, sae.bandwidth) == ("data", 0.01, 0.001)
     assert sae.dead_aux == 0  # AuxK on JumpReLU's dead latents is a named option in either recipe
-    assert short.max_norm_ratio == 4.0 and TrainConfig().max_norm_ratio is None  # massive tokens: short only
+    assert short.update_clip == 3.0 and TrainConfig().update_clip is None  # bounded Adam steps: short only
+    assert short.max_norm_ratio is None  # the tokens as they are, in both recipes (a named option)
+    assert short.adam_betas == (0.9, 0.999)  # momentum for JumpReLU in short runs; the paper's beta1 is 0
     assert (TrainConfig().decoder_init, TrainConfig().threshold_init_rate) == ("random", None)  # the paper's
     topk = tiny_sae_cfg(architecture="topk", k=4)
     short = TrainConfig(tokens=4096 * 1000, recipe="short")
     resolve_recipe(topk, short, explicit=set())
     assert (short.decoder_init, short.threshold_init_rate, topk.bandwidth) == ("data", None, 0.001)  # no thresholds
-    short = TrainConfig(tokens=4096 * 1000, recipe="short", decoder_init="random", max_norm_ratio=None)
+    assert short.adam_betas == (0.0, 0.999)  # TopK keeps the paper's betas (beta1 0.9 trained it worse)
+    short = TrainConfig(tokens=4096 * 1000, recipe="short", decoder_init="random", update_clip=None)
     explicit_sae = tiny_sae_cfg(dead_aux=0.25)
-    resolve_recipe(explicit_sae, short, explicit={"decoder_init", "dead_aux", "max_norm_ratio"})
-    assert short.decoder_init == "random" and explicit_sae.dead_aux == 0.25 and short.max_norm_ratio is None
+    resolve_recipe(explicit_sae, short, explicit={"decoder_init", "dead_aux", "update_clip"})
+    assert short.decoder_init == "random" and explicit_sae.dead_aux == 0.25 and short.update_clip is None
     assert topk.dead_aux == 0  # TopK has its own AuxK (aux_coeff)
 
 
