@@ -118,7 +118,8 @@ def train(
         Recipe,
         typer.Option(
             help="paper: the Gemma Scope recipe. short: raw theta, lr 1e-3, warm-ups scaled to the run, decoder "
-            "rows started at centred activations, JumpReLU thresholds at a 1% firing rate."
+            "rows started at centred activations, JumpReLU thresholds at a 1% firing rate and Adam beta1 0.9, "
+            "every Adam step bounded per element (update_clip 3)."
         ),
     ] = "paper",
     bandwidth: Annotated[

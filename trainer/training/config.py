@@ -186,12 +186,12 @@ def resolve_recipe(sae: SAEConfig, train: TrainConfig, explicit: set[str]) -> No
     learning rate, scales both warm-ups to the run length and starts b_dec at the data mean.
     It also starts every decoder row at a centred training activation (no random mass in the
     residual stream's quiet directions) and, for JumpReLU, every threshold at its latent's 1%
-    firing quantile, with Adam's beta1 at 0.9 for JumpReLU (the other architectures keep the paper's 0).
-    It bounds every Adam step per element (update_clip 3), which lets short runs
-    take the small batches they need without one rare massive activation blowing a run up, while
-    the SAE still learns those tokens at their real size (max_norm_ratio, which scaled them down,
-    was the recipe's until session 14 and stays a named option). AuxK on JumpReLU's dead latents (SAEConfig.dead_aux) is a named
-    option, not part of the recipe (README, "What was tried for short runs").
+    firing quantile, with Adam's beta1 at 0.9 for JumpReLU (the other architectures keep the paper's
+    0). It bounds every Adam step per element (update_clip 3), which lets short runs take the small
+    batches they need without one rare massive activation blowing a run up, while the SAE still
+    learns those tokens at their real size (max_norm_ratio, which scaled them down, was the recipe's
+    until session 14 and stays a named option). AuxK on JumpReLU's dead latents (SAEConfig.dead_aux)
+    is a named option, not part of the recipe (README, "What was tried for short runs").
     """
     if train.recipe != "short":
         return
