@@ -367,7 +367,8 @@ class Trainer:
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
                 if cfg.update_clip is not None:  # each element within its own history (update_clip.py)
-                    clipped_updates = clip_to_second_moments(optimizer, cfg.update_clip)
+                    logs = (step + 1) % cfg.log_every == 0 or step + 1 == total  # the count only when logged
+                    clipped_updates = clip_to_second_moments(optimizer, cfg.update_clip, count=logs)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 sae.normalize_decoder()

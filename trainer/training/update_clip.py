@@ -13,30 +13,35 @@ a latent that has never fired) are left as they are.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 @torch.no_grad()
-def clip_to_second_moments(optimizer: torch.optim.Optimizer, ratio: float) -> torch.Tensor:
+def clip_to_second_moments(optimizer: torch.optim.Optimizer, ratio: float, *, count: bool = True) -> torch.Tensor:
     """Clip the gradient of every parameter with Adam state, in place, to ratio x the root of its
     bias-corrected second moment (before this step's update); return how many elements were clipped
-    (a 0-d int64 tensor on the parameters' device: read it only when needed, it syncs a GPU)."""
+    (a 0-d int64 tensor on the parameters' device: read it only when needed, it syncs a GPU), or zero
+    when `count` is False (the count costs two more passes over every parameter)."""
     if ratio <= 0:
         raise ValueError(f"update_clip must be positive, got {ratio}")
-    clipped: torch.Tensor | None = None
+    clipped = torch.zeros((), dtype=torch.int64)
     for group in optimizer.param_groups:
         beta2 = group["betas"][1]
         for p in group["params"]:
             state = optimizer.state.get(p)
             if p.grad is None or not state or "exp_avg_sq" not in state:
                 continue
-            step = state["step"]  # a tensor (fused and foreach Adam)
-            bound = (state["exp_avg_sq"] / (1 - beta2 ** step.to(p.device, torch.float32))).sqrt_().mul_(ratio)
-            over = (p.grad.abs() > bound) & (bound > 0)  # (p.shape) no history: left alone
-            count = over.sum()
-            clipped = count if clipped is None else clipped + count
-            p.grad.copy_(torch.where(over, bound.copysign(p.grad), p.grad))
-    return torch.zeros((), dtype=torch.int64) if clipped is None else clipped
+            step = state["step"].to(p.device, torch.float32)  # a tensor (fused and foreach Adam)
+            scale = ratio / (1 - beta2**step).sqrt()  # 0-d: ratio / sqrt(bias correction)
+            bound = state["exp_avg_sq"].sqrt().mul_(scale)  # (p.shape)
+            bound.masked_fill_(bound == 0, math.inf)  # no history yet: left alone
+            if count:
+                clipped = clipped.to(p.device) + torch.count_nonzero(p.grad.abs() > bound)
+            torch.minimum(p.grad, bound, out=p.grad)
+            torch.maximum(p.grad, bound.neg_(), out=p.grad)
+    return clipped
 
 
 __all__ = ["clip_to_second_moments"]

@@ -26,6 +26,9 @@ def test_only_elements_far_beyond_their_history_are_clipped_to_it() -> None:
     assert int(clip_to_second_moments(optimizer, 3.0)) == 2
     expected = torch.tensor([3.0, -3.0, 5.0, 0.5])  # sqrt(v-hat) = 1 after one step
     torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=0)
+    p.grad = torch.tensor([100.0, -100.0, 5.0, 0.5])
+    assert int(clip_to_second_moments(optimizer, 3.0, count=False)) == 0  # not counted (off logging steps)...
+    torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=0)  # ...and clipped all the same
     before = p.detach().clone()
     optimizer.step()
     assert float((p.detach() - before).abs().max()) <= 3.0 * 1e-3 * 1.01  # at most ~3 learning rates
