@@ -49,9 +49,10 @@ Sections (shapes of the full run; --tiny: d_in 64, widths 256 / 1024, B 256, a 2
    steps on 262k synthetic tokens (looped), dead after two silent batches, JumpReLU with dead_aux 1/32
    in fp32 and bf16 autocast and TopK (k 8, AuxK) in fp32 with and without seed_dead_moments, so
    that the data-start initialisation, the dead-latent bookkeeping, the Adam-moment seeding of newly
-   dead latents (fused Adam's state on the device) and the auto switch to the sparse step all run on
-   CUDA; tokens/s of the whole fit, the last training line, and FVU / L0 on
-   as many held-out tokens.
+   dead latents (fused Adam's state on the device), the recipe's per-element bound on Adam's steps
+   (update_clip 3, reading fused Adam's second moments on the device) and JumpReLU's beta1 0.9, and
+   the auto switch to the sparse step all run on CUDA; tokens/s of the whole fit, the last training
+   line, and FVU / L0 on as many held-out tokens.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ then prints, all measured in one run:
      (linear in log L0), their ratio to JumpReLU's, and a verdict: JumpReLU wins, ties (within
      --tie of each other) or loses.
 
-    .venv/bin/python benchmarks/pareto.py --quick            # ~15 min on a 340 GFLOP/s 2-core machine
+    .venv/bin/python benchmarks/pareto.py --quick            # ~14 min on a 215 GFLOP/s 2-core machine
     .venv/bin/python benchmarks/pareto.py                    # the full sweep (see the README for its budget)
     .venv/bin/python benchmarks/pareto.py --out runs/pareto-quick --quick --report-only
 """

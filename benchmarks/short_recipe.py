@@ -161,6 +161,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "s14b TopK k 12, Adam beta1 0.9": {"sae": {"architecture": "topk", "k": 12}, "train": {"adam_betas": [0.9, 0.999]}},
     "s14b TopK k 20, Adam beta1 0.9": {"sae": {"architecture": "topk", "k": 20}, "train": {"adam_betas": [0.9, 0.999]}},
     "s14b TopK k 32, Adam beta1 0.9": {"sae": {"architecture": "topk", "k": 32}, "train": {"adam_betas": [0.9, 0.999]}},
+    # Steps at the CPU defaults' budget (session 15): width 4096, 1 epoch of the sweep's 1.5M-token cache,
+    # batch 4,096 (366 steps, the defaults) against 1,024 (1,464 steps), JumpReLU and TopK at L0 ~20 and ~40
+    "s15 JumpReLU lambda 1.5e-4": {"coeff": 1.5e-4},
+    "s15 JumpReLU lambda 1.5e-4, batch 1024": {"coeff": 1.5e-4, "train": {"batch_size": 1024}},
+    "s15 TopK k 20": {"sae": {"architecture": "topk", "k": 20}},
+    "s15 TopK k 20, batch 1024": {"sae": {"architecture": "topk", "k": 20}, "train": {"batch_size": 1024}},
+    "s15 JumpReLU lambda 8e-5": {"coeff": 8e-5},
+    "s15 JumpReLU lambda 8e-5, batch 1024": {"coeff": 8e-5, "train": {"batch_size": 1024}},
+    "s15 TopK k 40": {"sae": {"architecture": "topk", "k": 40}},
+    "s15 TopK k 40, batch 1024": {"sae": {"architecture": "topk", "k": 40}, "train": {"batch_size": 1024}},
 }  # fmt: skip
 """Name -> {coeff, epochs, sae: SAEConfig fields, train: TrainConfig fields} on top of --recipe short."""
 

@@ -87,7 +87,7 @@ def sweep_command(
     quick: Annotated[
         bool,
         typer.Option(
-            help="About 11 minutes on a 340 GFLOP/s 2-core CPU: 4 points per architecture, width 2048, 300k tokens."
+            help="About 14 minutes on a 215 GFLOP/s 2-core CPU: 4 points per architecture, width 2048, 300k tokens."
         ),
     ] = False,
     tiny: Annotated[bool, typer.Option(help="A plumbing check on the tiny random Gemma 2 (seconds).")] = False,
