@@ -59,7 +59,7 @@ def sweep_command(
         int | None, typer.Option(help="Tokens each SAE trains on, harvested once (default 1,500,000; --quick 300,000).")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Tokens per optimiser step (default 4096; --quick 512).")
+        int | None, typer.Option(help="Tokens per optimiser step (default 1024; --quick 512).")
     ] = None,
     eval_tokens: Annotated[
         int | None, typer.Option(help="Held-out activations for L0, FVU, dead and dense (default 100,000).")

@@ -314,6 +314,25 @@ def test_named_deviations_reach_every_sae_and_win_over_the_recipe(tmp_path: Path
     assert resolved["train"]["lr"] == 3e-4 and resolved["train"]["tokens"] == 8192  # two epochs of 4096
 
 
+def test_the_default_batch_trains_every_architecture_with_bounded_adam_steps(tmp_path: Path) -> None:
+    """The sweep's default batch (1,024) is safe only because the short recipe bounds every Adam step
+    (update_clip): at that batch the rare massive tokens arrive one batch at a time (README, "Steps at
+    the defaults"). ReLU, which blew up there under plain Adam, gets the bound and the batch."""
+    from app.sweeps.run import train_point
+    from trainer.data.activations import write_shards
+    from trainer.formats.native import SAEMetadata
+
+    acts = tmp_path / "acts"
+    write_shards(acts, iter([torch.randn(4096, 16)]), {"layer": 0})
+    cfg = SweepConfig(width=32, train_tokens=4096, grid={"relu": (1e-3,)})
+    assert cfg.batch_size == 1024
+    train_point(cfg.points()[0], cfg, activations=acts, out_dir=tmp_path / "sae", meta=SAEMetadata(), device="cpu",
+                progress=False)  # fmt: skip
+    resolved = json.loads((tmp_path / "sae" / "train_config.json").read_text())["train"]
+    assert (resolved["batch_size"], resolved["tokens"], resolved["update_clip"]) == (1024, 4096, 3.0)
+    assert resolved["max_norm_ratio"] is None
+
+
 def test_chart_escapes_labels_and_handles_no_points() -> None:
     evil = '<script>alert(1)</script>"'
     svg = str(pareto_svg({"jumprelu": [ChartPoint(10, 0.2, evil, '/saes/"x"'), ChartPoint(20, 0.1, "b")]}, "FVU", evil))
