@@ -366,8 +366,9 @@ class Trainer:
                 sae.project_decoder_grad()
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+                done = step + 1
+                logs = done % cfg.log_every == 0 or done == total  # this step writes a metrics line
                 if cfg.update_clip is not None:  # each element within its own history (update_clip.py)
-                    logs = (step + 1) % cfg.log_every == 0 or step + 1 == total  # the count only when logged
                     clipped_updates = clip_to_second_moments(optimizer, cfg.update_clip, count=logs)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -384,10 +385,9 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(step + 1, sae)
 
-                done = step + 1
                 window_tokens += cfg.batch_size
                 bar.update(cfg.batch_size)
-                if done % cfg.log_every == 0 or done == total:
+                if logs:
                     now = time.perf_counter()
                     row = self._metrics_row(done, out, x, lam, lr, window_tokens / (now - window_start), sae, ctx)
                     row["sparse_step"] = sparse  # which step produced this line's step

@@ -314,7 +314,7 @@ def test_named_deviations_reach_every_sae_and_win_over_the_recipe(tmp_path: Path
     assert resolved["train"]["lr"] == 3e-4 and resolved["train"]["tokens"] == 8192  # two epochs of 4096
 
 
-def test_the_default_batch_trains_every_architecture_with_bounded_adam_steps(tmp_path: Path) -> None:
+def test_the_default_batch_of_1024_trains_with_bounded_adam_steps(tmp_path: Path) -> None:
     """The sweep's default batch (1,024) is safe only because the short recipe bounds every Adam step
     (update_clip): at that batch the rare massive tokens arrive one batch at a time (README, "Steps at
     the defaults"). ReLU, which blew up there under plain Adam, gets the bound and the batch."""
